@@ -1,0 +1,181 @@
+"""The agent loop: policy text -> parse -> tool -> overlay -> next observation.
+
+One run segments one target in one image. The loop never raises for what a
+model or server does: every ending is a status on the result, and the
+trajectory records each turn (text, parsed action, issues, timings).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Callable
+
+import numpy as np
+
+from .imaging.overlay import overlay_mask
+from .policies.base import Message, Observation, Policy
+from .prompting import PromptSet, load_prompts
+from .protocol import Action, ActionKind, parse_response
+from .tools.base import Click, ImageEmbedding, SegmentationTool
+
+__all__ = ["Agent", "AgentResult", "RunStatus", "Turn"]
+
+
+class RunStatus(str, Enum):
+    TERMINATED = "terminated"  # the policy said Terminate
+    MAX_TURNS = "max_turns"
+    REPEATED_ACTION = "repeated_action"  # the same action several times in a row
+    INVALID_OUTPUT = "invalid_output"  # several unparseable answers in a row
+    POLICY_ERROR = "policy_error"  # the policy raised (e.g. server unreachable)
+    TOOL_ERROR = "tool_error"  # the segmentation tool raised
+
+    @property
+    def completed(self) -> bool:
+        """The run produced a mask the policy stands behind (or as far as the limits let it go)."""
+        return self in (RunStatus.TERMINATED, RunStatus.MAX_TURNS, RunStatus.REPEATED_ACTION)
+
+
+@dataclass
+class Turn:
+    index: int
+    raw_text: str
+    think: str | None
+    action: str | None  # canonical action text, None when unparseable
+    issues: list[str]
+    predicted_iou: float | None = None
+    mask_area: int | None = None
+    policy_seconds: float = 0.0
+    tool_seconds: float = 0.0
+
+
+@dataclass
+class AgentResult:
+    mask: np.ndarray
+    status: RunStatus
+    turns: list[Turn]
+    clicks: list[Click]
+    answer: str | None = None
+    error: str | None = None
+    encode_seconds: float = 0.0
+    ious_per_click: list[float] = field(default_factory=list)  # filled by evaluation when a reference exists
+
+    def trajectory(self) -> dict:
+        """JSON-ready record of the run (no pixels)."""
+        return {
+            "status": self.status.value,
+            "error": self.error,
+            "answer": self.answer,
+            "encode_seconds": round(self.encode_seconds, 4),
+            "final_mask_area": int(self.mask.sum()),
+            "clicks": [asdict(click) for click in self.clicks],
+            "turns": [asdict(turn) for turn in self.turns],
+        }
+
+
+TurnCallback = Callable[[Turn, np.ndarray], None]
+
+
+class Agent:
+    def __init__(self, tool: SegmentationTool, policy: Policy, prompts: PromptSet | None = None,
+                 max_turns: int = 20, max_repeats: int = 3, max_invalid: int = 3, history: bool = False):
+        if max_turns < 1 or max_repeats < 2 or max_invalid < 1:
+            raise ValueError("max_turns >= 1, max_repeats >= 2 and max_invalid >= 1 are required")
+        self.tool = tool
+        self.policy = policy
+        self.prompts = prompts or load_prompts()
+        self.max_turns = max_turns
+        self.max_repeats = max_repeats
+        self.max_invalid = max_invalid
+        self.history = history
+
+    def _user_message(self, view: np.ndarray, query: str, turn: int) -> Message:
+        text = self.prompts.first(query) if turn == 0 else self.prompts.refinement(query)
+        return {"role": "user", "content": [{"type": "image", "image": view}, {"type": "text", "text": text}]}
+
+    def run(self, image: np.ndarray, query: str, on_turn: TurnCallback | None = None,
+            embedding: ImageEmbedding | None = None) -> AgentResult:
+        """Segment the target `query` asks for in an RGB uint8 image.
+
+        Pass `embedding` when this image was already encoded by the same tool
+        (several targets in one image): the encoder is the expensive part.
+        """
+        if not query or not query.strip():
+            raise ValueError("the query is empty")
+        mask = np.zeros(image.shape[:2], bool)
+        result = AgentResult(mask, RunStatus.MAX_TURNS, [], [])
+        started = time.perf_counter()
+        try:
+            if embedding is None:
+                embedding = self.tool.encode(image)
+        except Exception as error:  # a tool backend may fail in many ways; the run reports it
+            result.status, result.error = RunStatus.TOOL_ERROR, f"encoding failed: {error}"
+            return result
+        result.encode_seconds = time.perf_counter() - started
+        self.policy.reset(image, query)
+
+        messages: list[Message] = [{"role": "system", "content": [{"type": "text", "text": self.prompts.system}]}]
+        low_res: np.ndarray | None = None
+        recent: list[Action] = []
+        invalid_in_a_row = 0
+        for index in range(self.max_turns):
+            view = image if index == 0 else overlay_mask(image, result.mask)
+            user = self._user_message(view, query, index)
+            conversation = messages + [user] if self.history else [messages[0], user]
+            observation = Observation(image, view, result.mask, query, index)
+
+            started = time.perf_counter()
+            try:
+                text = self.policy.act(observation, conversation)
+            except Exception as error:  # no policy failure may escape the agent
+                result.status, result.error = RunStatus.POLICY_ERROR, f"{type(error).__name__}: {error}"
+                return result
+            parsed = parse_response(text)
+            turn = Turn(index, parsed.raw, parsed.think, parsed.action.to_text() if parsed.action else None,
+                        [f"{issue.code}: {issue.message}" for issue in parsed.issues],
+                        policy_seconds=time.perf_counter() - started)
+            result.turns.append(turn)
+            if self.history:
+                messages += [user, {"role": "assistant", "content": [{"type": "text", "text": parsed.raw}]}]
+
+            action = parsed.action
+            if action is None:
+                invalid_in_a_row += 1
+                if on_turn:
+                    on_turn(turn, result.mask)
+                if invalid_in_a_row >= self.max_invalid:
+                    result.status = RunStatus.INVALID_OUTPUT
+                    return result
+                continue
+            invalid_in_a_row = 0
+            recent = (recent + [action])[-self.max_repeats:]
+            if action.kind is ActionKind.TERMINATE:
+                result.status, result.answer = RunStatus.TERMINATED, parsed.answer
+                if on_turn:
+                    on_turn(turn, result.mask)
+                return result
+            if len(recent) == self.max_repeats and all(action.same_as(other) for other in recent):
+                turn.issues.append(f"repeated_action: the same action {self.max_repeats} times in a row; stopped")
+                result.status = RunStatus.REPEATED_ACTION
+                if on_turn:
+                    on_turn(turn, result.mask)
+                return result
+
+            result.clicks.append(Click(action.x, action.y, action.kind is ActionKind.POSITIVE))
+            started = time.perf_counter()
+            try:
+                output = self.tool.predict(embedding, result.clicks, low_res)
+            except Exception as error:
+                result.clicks.pop()
+                result.status, result.error = RunStatus.TOOL_ERROR, f"{type(error).__name__}: {error}"
+                return result
+            turn.tool_seconds = time.perf_counter() - started
+            low_res = output.low_res_logits
+            result.mask = output.mask
+            turn.predicted_iou = round(output.iou, 4)
+            turn.mask_area = int(output.mask.sum())
+            if on_turn:
+                on_turn(turn, result.mask)
+        result.status = RunStatus.MAX_TURNS
+        return result

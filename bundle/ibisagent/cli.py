@@ -1,0 +1,243 @@
+"""The `ibis` command: segment, demo, evaluate, export-onnx, bench.
+
+Every expected failure (bad input, unknown policy, unreachable server) ends
+with one line `ibis: error: ...` and exit status 2, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["main"]
+
+DEMO_QUERY = "Segment the liver."
+
+
+class CommandError(Exception):
+    """A failure to report in one line."""
+
+
+def _policy_options(args: argparse.Namespace, ground_truth: np.ndarray | None) -> dict:
+    if args.policy == "oracle":
+        return {"ground_truth": ground_truth, "target_iou": args.target_iou}
+    if args.policy == "scripted":
+        if not args.responses:
+            raise CommandError("the scripted policy needs --responses FILE (one answer per line)")
+        lines = Path(args.responses).read_text().splitlines()
+        return {"responses": [line.replace("\\n", "\n") for line in lines if line.strip()]}
+    if args.policy == "hf":
+        if not args.model_path:
+            raise CommandError("the hf policy needs --model-path DIR")
+        return {"model_path": args.model_path}
+    if args.policy == "openai":
+        if not (args.base_url and args.model):
+            raise CommandError("the openai policy needs --base-url URL and --model NAME")
+        return {"base_url": args.base_url, "model": args.model, "timeout": args.timeout}
+    return {}
+
+
+def _read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        mask = np.asarray(Image.open(path).convert("L")) > 127
+    except OSError as error:
+        raise CommandError(f"cannot read ground-truth mask {path}: {error}") from None
+    if mask.shape != shape:
+        raise CommandError(f"ground-truth mask {path} is {mask.shape[1]}x{mask.shape[0]}, the image {shape[1]}x{shape[0]}")
+    return mask
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .agent import Agent
+    from .imaging.io import read_image
+    from .outputs import write_run
+    from .policies import build_policy
+    from .prompting import load_prompts
+    from .tools.factory import build_tool
+
+    if not args.query or not args.query.strip():
+        raise CommandError("the query is empty")
+    loaded = read_image(args.image, args.slice, args.window)
+    ground_truth = _read_mask(args.ground_truth, loaded.rgb.shape[:2]) if args.ground_truth else None
+    prompts = load_prompts(args.prompts)
+    policy = build_policy(args.policy, **_policy_options(args, ground_truth))
+    tool = build_tool(args.tool)
+    agent = Agent(tool, policy, prompts, max_turns=args.max_turns, history=args.history)
+
+    turn_masks: list[np.ndarray] = []
+
+    def report(turn, mask) -> None:
+        turn_masks.append(mask)
+        action = turn.action or f"unparseable ({turn.issues[0] if turn.issues else 'no action'})"
+        shown = f"-> mask {turn.mask_area} px, predicted IoU {turn.predicted_iou:.3f}" if turn.mask_area is not None else ""
+        print(f"turn {turn.index + 1:2d}: {action} {shown} (policy {turn.policy_seconds:.2f} s, tool {turn.tool_seconds:.2f} s)",
+              flush=True)
+
+    result = agent.run(loaded.rgb, args.query, on_turn=report)
+    if not result.status.completed:
+        raise CommandError(f"run ended with {result.status.value}: {result.error or 'the policy gave no usable answer'}; nothing written")
+    metadata = {
+        "input": Path(args.image).name, "input_kind": loaded.kind, "slice": loaded.slice_index,
+        "query": args.query, "policy": args.policy, "tool": tool.name, "prompts": prompts.source,
+    }
+    written = write_run(args.out, loaded.rgb, result, turn_masks, metadata)
+    print(f"{result.status.value} after {len(result.turns)} turn(s), {len(result.clicks)} click(s); "
+          f"mask {int(result.mask.sum())} px -> {Path(args.out) / 'mask.png'} ({len(written)} files)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The README's main job: the shipped abdominal MR, the liver, the default policy and tool."""
+    from pydicom.data import get_testdata_file
+
+    from .demo import DEMO_REFERENCE
+
+    args.image = get_testdata_file("examples_overlay.dcm")
+    args.query = DEMO_QUERY
+    args.ground_truth = str(DEMO_REFERENCE)
+    print(f"demo: {Path(args.image).name} (pydicom's abdominal MR), query {args.query!r}, policy {args.policy}")
+    return _segment(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, load_queries, markdown_table, read_manifest, summarise
+    from .outputs import write_json_atomic
+    from .policies import build_policy
+    from .prompting import load_prompts
+    from .tools.factory import build_tool
+
+    pairs = read_manifest(args.manifest, args.split)
+    if args.per_source:
+        by_source: dict[str, list] = {}
+        for pair in sorted(pairs, key=lambda p: (str(p.image), p.label)):
+            by_source.setdefault(pair.source, []).append(pair)
+        pairs = [pair for group in by_source.values() for pair in group[: args.per_source]]
+    if args.limit:
+        pairs = pairs[: args.limit]
+    queries = load_queries(args.queries)
+    tool = build_tool(args.tool)
+    prompts = load_prompts(args.prompts)
+    shared = None if args.policy == "oracle" else build_policy(args.policy, **_policy_options(args, None))
+
+    def make_policy(ground_truth):
+        if shared is not None:
+            return shared
+        return build_policy("oracle", ground_truth=ground_truth, target_iou=args.target_iou)
+
+    def progress(done, total, record):
+        print(f"[{done}/{total}] {record['source']} {record['label']}: IoU {record['iou']:.3f} "
+              f"({record['clicks']} clicks, {record['status']})", file=sys.stderr, flush=True)
+
+    records = evaluate(pairs, tool, make_policy, queries, args.query_kind, prompts, args.max_turns, progress)
+    summary = summarise(records)
+    report = {"command": " ".join(["ibis", *sys.argv[1:]]), "tool": tool.name, "policy": args.policy,
+              "split": args.split, "query_kind": args.query_kind, **summary, "pairs": records}
+    if args.json:
+        write_json_atomic(args.json, report)
+    print(markdown_table(summary))
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .tools.factory import build_tool
+    from .tools.onnx_export import export_onnx
+    from .tools.torch_tool import TorchSamTool
+
+    tool = build_tool(args.tool)
+    if not isinstance(tool, TorchSamTool):
+        raise CommandError(f"export-onnx needs a torch tool, got {tool.name}")
+    out = export_onnx(tool.parts, tool.transform, args.out)
+    print(f"exported {tool.name} -> {out}/encoder.onnx, decoder.onnx, tool.json")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    print(run_bench(args.tool, args.runs, args.warmup, args.image))
+    return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser, policy_default: str) -> None:
+    from .policies import POLICY_NAMES
+
+    parser.add_argument("--policy", default=policy_default, choices=POLICY_NAMES)
+    parser.add_argument("--tool", default="lite-medsam", help="lite-medsam | onnx:DIR | sam:vit_b:CKPT | medsam:CKPT")
+    parser.add_argument("--prompts", help="YAML prompt file (default: the packaged wording)")
+    parser.add_argument("--max-turns", type=int, default=20)
+    parser.add_argument("--target-iou", type=float, default=0.9, help="oracle: stop at this IoU")
+    parser.add_argument("--responses", help="scripted: a file with one answer per line (\\n for newlines)")
+    parser.add_argument("--model-path", help="hf: a local Qwen2.5-VL / Qwen2-VL checkpoint folder")
+    parser.add_argument("--base-url", help="openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--model", help="openai: the served model name")
+    parser.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ibis", description="Agentic medical image segmentation (IBISAgent).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="segment one image")
+    segment.add_argument("image", help="PNG/JPEG, a DICOM file or a NIfTI volume")
+    segment.add_argument("--query", required=True)
+    segment.add_argument("--out", default="out")
+    segment.add_argument("--slice", type=int, help="slice index for multi-slice inputs")
+    segment.add_argument("--window", help="abdomen | lung | bone | brain | percentile")
+    segment.add_argument("--ground-truth", help="oracle: the reference mask (PNG, image size)")
+    segment.add_argument("--history", action="store_true", help="send the whole chat, not only the current turn")
+    _add_run_options(segment, "oracle")
+    segment.set_defaults(handler=_segment)
+
+    demo = commands.add_parser("demo", help="the main job on pydicom's shipped abdominal MR")
+    demo.add_argument("--out", default="demo_out")
+    _add_run_options(demo, "oracle")
+    demo.set_defaults(handler=_demo, slice=None, window=None, history=False)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate over a manifest split")
+    evaluate.add_argument("--manifest", required=True)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--queries", help="queries.json with referring templates and reasoning questions")
+    evaluate.add_argument("--query-kind", choices=("referring", "reasoning"), default="referring")
+    evaluate.add_argument("--limit", type=int, help="at most N pairs")
+    evaluate.add_argument("--per-source", type=int, help="at most N pairs per source")
+    evaluate.add_argument("--json", help="write the full report here")
+    _add_run_options(evaluate, "oracle")
+    evaluate.set_defaults(handler=_evaluate)
+
+    export = commands.add_parser("export-onnx", help="export the tool to ONNX")
+    export.add_argument("--tool", default="lite-medsam")
+    export.add_argument("--out", required=True)
+    export.set_defaults(handler=_export_onnx)
+
+    bench = commands.add_parser("bench", help="encoder and decoder latency, torch vs onnxruntime")
+    bench.add_argument("--tool", default="lite-medsam")
+    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--image", help="image to time (default: pydicom's abdominal MR)")
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from .imaging.io import ImageReadError
+    from .policies import PolicyError
+
+    try:
+        return args.handler(args)
+    except (CommandError, ImageReadError, PolicyError, ValueError, OSError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"ibis: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Evaluate a policy + tool over the pairs of a manifest (the ../shared/data/med2d layout).
+
+Per pair: the final mask's IoU, DSC and boundary F1; IoU after 1, 3, 5 and 10
+clicks (the last mask carries forward when the run stopped earlier); NoC@85/90;
+and the tool's IoU when given the ground-truth box. Sources are averaged
+without weights, so a large source cannot hide a small one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+import numpy as np
+from PIL import Image
+
+from .agent import Agent
+from .metrics import boundary_f1, bounding_box, dice, iou, noc
+from .policies.base import Policy
+from .prompting import PromptSet
+from .tools.base import SegmentationTool
+
+__all__ = ["Pair", "read_manifest", "choose_query", "evaluate", "summarise", "markdown_table", "CLICK_STEPS"]
+
+CLICK_STEPS = (1, 3, 5, 10)
+QueryKind = Literal["referring", "reasoning"]
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    mask: Path
+    label: str
+    source: str
+    case: str
+
+
+def read_manifest(path: str | Path, split: str) -> list[Pair]:
+    """Rows of one split; paths resolved against the manifest's folder."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise ValueError(f"cannot read manifest {path}: {error.strerror}") from None
+    required = {"image", "mask", "label", "source", "split"}
+    if rows and not required <= set(rows[0]):
+        raise ValueError(f"manifest {path} lacks columns: {', '.join(sorted(required - set(rows[0])))}")
+    pairs = [
+        Pair(path.parent / row["image"], path.parent / row["mask"], row["label"], row["source"], row.get("case", ""))
+        for row in rows if row["split"] == split
+    ]
+    if not pairs:
+        raise ValueError(f"manifest {path} has no pairs in split {split!r}")
+    return pairs
+
+
+def choose_query(pair: Pair, queries: dict | None, kind: QueryKind) -> str | None:
+    """A deterministic query per pair: a referring template or a reasoning question for its label."""
+    key = zlib.crc32(f"{pair.image.name}|{pair.label}".encode())
+    if queries is None:
+        return f"Segment the {pair.label}." if kind == "referring" else None
+    if kind == "referring":
+        templates = queries.get("referring_templates") or ["Segment the {label}."]
+        return templates[key % len(templates)].format(label=pair.label)
+    questions = queries.get("reasoning", {}).get(pair.label)
+    return questions[key % len(questions)] if questions else None
+
+
+def _load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    mask = np.asarray(Image.open(path).convert("L")) > 127
+    if mask.shape != shape:
+        raise ValueError(f"mask {path.name} is {mask.shape}, its image {shape}")
+    return mask
+
+
+def evaluate(pairs: Iterable[Pair], tool: SegmentationTool, make_policy: Callable[[np.ndarray], Policy],
+             queries: dict | None = None, query_kind: QueryKind = "referring", prompts: PromptSet | None = None,
+             max_turns: int = 20, progress: Callable[[int, int, dict], None] | None = None) -> list[dict]:
+    """One record per evaluated pair. `make_policy(ground_truth)` builds the policy for a pair."""
+    pairs = sorted(pairs, key=lambda p: (str(p.image), p.label))  # same image in a row: encode once
+    records: list[dict] = []
+    cached_image, embedding = None, None
+    for index, pair in enumerate(pairs):
+        query = choose_query(pair, queries, query_kind)
+        if query is None:
+            continue
+        image = np.asarray(Image.open(pair.image).convert("RGB"))
+        target = _load_mask(pair.mask, image.shape[:2])
+        if cached_image != pair.image:
+            embedding, cached_image = tool.encode(image), pair.image
+        click_ious: list[float] = []
+
+        def record_click(turn, mask) -> None:
+            if turn.mask_area is not None:
+                click_ious.append(iou(mask, target))
+
+        agent = Agent(tool, make_policy(target), prompts, max_turns=max_turns)
+        result = agent.run(image, query, on_turn=record_click, embedding=embedding)
+        box = bounding_box(target)
+        box_iou = iou(tool.predict(embedding, box=box, multimask=False).mask, target) if box else float("nan")
+        carried = [click_ious[min(k, len(click_ious)) - 1] if click_ious else 0.0 for k in CLICK_STEPS]
+        record = {
+            "image": pair.image.name, "label": pair.label, "source": pair.source, "query": query,
+            "status": result.status.value, "turns": len(result.turns), "clicks": len(result.clicks),
+            "iou": iou(result.mask, target), "dsc": dice(result.mask, target), "f1": boundary_f1(result.mask, target),
+            "iou_at": dict(zip(map(str, CLICK_STEPS), carried)),
+            "noc85": noc(click_ious, 0.85, max_turns), "noc90": noc(click_ious, 0.90, max_turns),
+            "box_iou": box_iou,
+        }
+        records.append(record)
+        if progress:
+            progress(index + 1, len(pairs), record)
+    return records
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _aggregate(records: list[dict]) -> dict:
+    return {
+        "n": len(records),
+        "iou": _mean([r["iou"] for r in records]),
+        "dsc": _mean([r["dsc"] for r in records]),
+        "f1": _mean([r["f1"] for r in records]),
+        "iou_at": {k: _mean([r["iou_at"][k] for r in records]) for k in map(str, CLICK_STEPS)},
+        "noc85": _mean([r["noc85"] for r in records]),
+        "noc90": _mean([r["noc90"] for r in records]),
+        "box_iou": _mean([r["box_iou"] for r in records]),
+    }
+
+
+def summarise(records: list[dict]) -> dict:
+    """`by_source` means, and `overall`: the unweighted mean of the source means."""
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        grouped[record["source"]].append(record)
+    by_source = {source: _aggregate(items) for source, items in sorted(grouped.items())}
+    sources = list(by_source.values())
+    overall = {
+        key: (_mean([s[key] for s in sources]) if key != "iou_at" else
+              {k: _mean([s["iou_at"][k] for s in sources]) for k in map(str, CLICK_STEPS)})
+        for key in ("iou", "dsc", "f1", "iou_at", "noc85", "noc90", "box_iou")
+    }
+    overall["n"] = sum(s["n"] for s in sources)
+    return {"by_source": by_source, "overall": overall}
+
+
+def markdown_table(summary: dict) -> str:
+    header = "| source | n | IoU | DSC | F1 | " + " | ".join(f"IoU@{k}" for k in CLICK_STEPS) + " | NoC85 | NoC90 | box IoU |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    rows = list(summary["by_source"].items()) + [("**overall** (mean of sources)", summary["overall"])]
+    for name, s in rows:
+        cells = [name, str(s["n"]), *(f"{s[k]:.3f}" for k in ("iou", "dsc", "f1")),
+                 *(f"{s['iou_at'][str(k)]:.3f}" for k in CLICK_STEPS),
+                 f"{s['noc85']:.2f}", f"{s['noc90']:.2f}", f"{s['box_iou']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_queries(path: str | Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read queries {path}: {error}") from None

@@ -1,0 +1,131 @@
+"""Read a 2D image for the agent from PNG/JPEG, a single DICOM file or a NIfTI slice.
+
+Every reader returns display RGB uint8 (what the policy and the tool see) and
+says where the pixels came from; errors name the file and the reason in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .windowing import to_display
+
+__all__ = ["ImageReadError", "LoadedImage", "read_image"]
+
+_RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+class ImageReadError(ValueError):
+    """An input image that cannot be read or is not a usable 2D image."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    rgb: np.ndarray
+    kind: str  # "raster" | "dicom" | "nifti"
+    modality: str | None = None
+    slice_index: int | None = None
+    details: dict = field(default_factory=dict)
+
+
+def _as_rgb(values: np.ndarray, path: Path) -> np.ndarray:
+    if values.ndim == 2:
+        return np.repeat(values[..., None], 3, axis=2)
+    if values.ndim == 3 and values.shape[2] in (3, 4):
+        return np.ascontiguousarray(values[..., :3])
+    raise ImageReadError(f"{path.name}: expected a 2D grey or RGB image, got shape {values.shape}")
+
+
+def _read_raster(path: Path) -> LoadedImage:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I", "F"):
+                values = to_display(np.asarray(image).astype(np.float32))
+            else:
+                values = np.asarray(image.convert("RGB" if image.mode not in ("L", "1") else "L"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ImageReadError(f"{path.name}: not a readable image ({error.__class__.__name__})") from None
+    values = values.astype(np.uint8) if values.dtype == bool else values
+    return LoadedImage(_as_rgb(values, path), "raster")
+
+
+def _read_dicom(path: Path, slice_index: int | None, window: str | None) -> LoadedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        dataset = pydicom.dcmread(path)
+        pixels = dataset.pixel_array
+    except InvalidDicomError:
+        raise ImageReadError(f"{path.name}: not a DICOM file") from None
+    except (AttributeError, KeyError, ValueError, RuntimeError, OSError, NotImplementedError) as error:
+        raise ImageReadError(f"{path.name}: DICOM without readable pixel data ({error})") from None
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    colour = photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") or (pixels.ndim == 3 and pixels.shape[-1] == 3 and frames == 1)
+    if frames > 1:
+        index = _choose_slice(frames, slice_index, path)
+        pixels = pixels[index]
+    else:
+        index = _choose_slice(1, slice_index, path)
+    if colour:
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            pixels = convert_color_space(pixels, photometric, "RGB")
+        rgb = to_display(pixels) if pixels.dtype != np.uint8 else pixels
+        return LoadedImage(_as_rgb(rgb, path), "dicom", str(dataset.get("Modality", "")) or None, index)
+    values = apply_modality_lut(pixels, dataset).astype(np.float32)
+    if photometric == "MONOCHROME1":
+        values = values.max() + values.min() - values
+    modality = str(dataset.get("Modality", "")) or None
+    display = to_display(values, modality=modality, window=window)
+    return LoadedImage(_as_rgb(display, path), "dicom", modality, index)
+
+
+def _read_nifti(path: Path, slice_index: int | None, window: str | None) -> LoadedImage:
+    import nibabel as nib
+
+    try:
+        image = nib.as_closest_canonical(nib.load(str(path)))
+        volume = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as error:  # nibabel raises many types for corrupt files
+        raise ImageReadError(f"{path.name}: not a readable NIfTI file ({error.__class__.__name__})") from None
+    if volume.ndim == 2:
+        volume = volume[..., None]
+    if volume.ndim != 3:
+        raise ImageReadError(f"{path.name}: expected a 2D or 3D NIfTI image, got {volume.ndim} dimensions")
+    index = _choose_slice(volume.shape[2], slice_index, path)
+    # RAS+ axial slice shown radiologically: patient's right on the left, anterior up.
+    values = volume[::-1, ::-1, index].T
+    return LoadedImage(_as_rgb(to_display(values, window=window or "percentile"), path), "nifti", None, index)
+
+
+def _choose_slice(count: int, slice_index: int | None, path: Path) -> int:
+    if slice_index is None:
+        if count == 1:
+            return 0
+        raise ImageReadError(f"{path.name}: has {count} slices; choose one with --slice (0..{count - 1})")
+    if not 0 <= slice_index < count:
+        raise ImageReadError(f"{path.name}: slice {slice_index} out of range 0..{count - 1}")
+    return slice_index
+
+
+def read_image(path: str | Path, slice_index: int | None = None, window: str | None = None) -> LoadedImage:
+    """Read PNG/JPEG (and other rasters), a DICOM file or a NIfTI volume slice as display RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return _read_nifti(path, slice_index, window)
+    if path.suffix.lower() in _RASTER_SUFFIXES:
+        return _read_raster(path)
+    return _read_dicom(path, slice_index, window)

@@ -1,0 +1,61 @@
+"""Write a run's outputs so that nothing half-written is ever left behind.
+
+Everything is written into a hidden staging folder beside the destination,
+then moved into place file by file with atomic renames, only once all of it
+was written successfully.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .agent import AgentResult
+from .imaging.overlay import overlay_mask
+
+__all__ = ["write_run", "write_json_atomic"]
+
+
+def write_json_atomic(path: str | Path, data: object) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=2, allow_nan=True)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_run(out_dir: str | Path, image: np.ndarray, result: AgentResult, turn_masks: list[np.ndarray],
+              metadata: dict) -> list[Path]:
+    """mask.png (0/255 at image size), overlay.png, turn_NN.png per turn, trajectory.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        Image.fromarray(result.mask.astype(np.uint8) * 255).save(staging / "mask.png")
+        Image.fromarray(overlay_mask(image, result.mask)).save(staging / "overlay.png")
+        for index, mask in enumerate(turn_masks):
+            Image.fromarray(overlay_mask(image, mask)).save(staging / f"turn_{index:02d}.png")
+        with (staging / "trajectory.json").open("w") as stream:
+            json.dump({**metadata, **result.trajectory()}, stream, indent=2)
+            stream.write("\n")
+        for stale in out_dir.glob("turn_*.png"):
+            stale.unlink()
+        written = []
+        for item in sorted(staging.iterdir()):
+            os.replace(item, out_dir / item.name)
+            written.append(out_dir / item.name)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

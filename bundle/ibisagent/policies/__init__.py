@@ -1,0 +1,6 @@
+"""Policies: who decides the next click. All answer in the protocol's text."""
+
+from .base import Observation, Policy, PolicyError
+from .factory import POLICY_NAMES, build_policy
+
+__all__ = ["Observation", "Policy", "PolicyError", "POLICY_NAMES", "build_policy"]

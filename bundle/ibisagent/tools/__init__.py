@@ -1,0 +1,1 @@
+"""Segmentation tools: encode an image once, then predict a mask per click step."""
