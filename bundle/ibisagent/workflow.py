@@ -1,0 +1,80 @@
+"""The bundle workflow: run the agent over a datalist and write each item's outputs.
+
+A datalist is MONAI's decathlon layout (`{"testing": [{"image": ..., "query": ...,
+"label": ...}]}`, paths relative to the file) or a list of such items. `label`,
+a reference mask, is only needed by the oracle policy.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .agent import Agent
+from .imaging.io import read_image
+from .outputs import write_json_atomic, write_run
+from .policies import build_policy
+from .prompting import load_prompts
+from .tools.base import SegmentationTool
+
+__all__ = ["AgentWorkflow", "load_datalist"]
+
+
+def load_datalist(datalist: str | Path | Sequence[dict], key: str = "testing") -> list[dict]:
+    if isinstance(datalist, (str, Path)):
+        from monai.data import load_decathlon_datalist
+
+        return load_decathlon_datalist(str(datalist), is_segmentation=False, data_list_key=key)
+    return [dict(item) for item in datalist]
+
+
+class AgentWorkflow:
+    def __init__(self, tool: SegmentationTool, datalist: str | Path | Sequence[dict], output_dir: str | Path,
+                 policy: str = "oracle", policy_options: dict[str, Any] | None = None,
+                 prompts: str | Path | None = None, max_turns: int = 20, target_iou: float = 0.9):
+        self.tool = tool
+        self.items = load_datalist(datalist)
+        self.output_dir = Path(output_dir)
+        self.policy_name = policy
+        self.policy_options = dict(policy_options or {})
+        self.prompts = load_prompts(prompts)
+        self.max_turns = max_turns
+        self.target_iou = target_iou
+
+    def _policy(self, item: dict, shape: tuple[int, int]):
+        if self.policy_name != "oracle":
+            return build_policy(self.policy_name, **self.policy_options)
+        from PIL import Image
+
+        if not item.get("label"):
+            raise ValueError(f"the oracle policy needs a 'label' mask for {Path(item['image']).name}")
+        reference = np.asarray(Image.open(item["label"]).convert("L")) > 127
+        if reference.shape != shape:
+            raise ValueError(f"label {Path(item['label']).name} does not match its image size")
+        return build_policy("oracle", ground_truth=reference, target_iou=self.target_iou)
+
+    def run(self) -> list[dict]:
+        """Run every item; one item's failure is recorded and the others still run."""
+        summary = []
+        for index, item in enumerate(self.items):
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(str(item["image"])).name)
+            entry = {"index": index, "image": name, "query": item.get("query")}
+            try:
+                loaded = read_image(item["image"], item.get("slice"), item.get("window"))
+                agent = Agent(self.tool, self._policy(item, loaded.rgb.shape[:2]), self.prompts, self.max_turns)
+                masks: list[np.ndarray] = []
+                result = agent.run(loaded.rgb, item["query"], on_turn=lambda turn, mask: masks.append(mask))
+                entry.update(status=result.status.value, clicks=len(result.clicks), mask_area=int(result.mask.sum()))
+                if result.status.completed:
+                    metadata = {"input": name, "query": item["query"], "policy": self.policy_name, "tool": self.tool.name}
+                    write_run(self.output_dir / f"{index:04d}_{name}", loaded.rgb, result, masks, metadata)
+                else:
+                    entry["error"] = result.error
+            except (ValueError, OSError, KeyError) as error:
+                entry.update(status="failed", error=str(error))
+            summary.append(entry)
+        write_json_atomic(self.output_dir / "summary.json", summary)
+        return summary

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real LiteMedSAM tool, its ONNX export, real data from ../shared/data."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+MED2D = SHARED_DATA / "med2d"
+
+
+@pytest.fixture(scope="session")
+def lite_tool():
+    from ibisagent.tools.factory import build_tool
+
+    return build_tool("lite-medsam")
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(lite_tool, tmp_path_factory):
+    from ibisagent.tools.onnx_export import export_onnx
+
+    return export_onnx(lite_tool.parts, lite_tool.transform, tmp_path_factory.mktemp("onnx"))
+
+
+@pytest.fixture(scope="session")
+def demo_image() -> np.ndarray:
+    from pydicom.data import get_testdata_file
+
+    from ibisagent.imaging.io import read_image
+
+    return read_image(get_testdata_file("examples_overlay.dcm")).rgb
+
+
+@pytest.fixture(scope="session")
+def demo_reference() -> np.ndarray:
+    from PIL import Image
+
+    from ibisagent.demo import DEMO_REFERENCE
+
+    return np.asarray(Image.open(DEMO_REFERENCE)) > 0
+
+
+@pytest.fixture(scope="session")
+def med2d_manifest() -> Path:
+    manifest = MED2D / "manifest.csv"
+    if not manifest.is_file():
+        pytest.skip(f"real med2d data absent: {manifest} not found (../shared/data is provided beside the repo)")
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def real_pairs(med2d_manifest):
+    """Two test pairs per source, in a fixed order."""
+    from ibisagent.evaluation import read_manifest
+
+    by_source: dict[str, list] = {}
+    for pair in sorted(read_manifest(med2d_manifest, "test"), key=lambda p: (str(p.image), p.label)):
+        by_source.setdefault(pair.source, []).append(pair)
+    return [pair for pairs in by_source.values() for pair in pairs[:2]]

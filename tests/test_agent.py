@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+
+from ibisagent.agent import Agent, RunStatus
+from ibisagent.metrics import iou
+from ibisagent.policies import Policy, build_policy
+from ibisagent.policies.scripted import ScriptedPolicy
+
+CLICK = "<think>t</think><action>Positive Point (0.2304, 0.4550)</action>"
+OTHER = "<think>t</think><action>Negative Point (0.6500, 0.5000)</action>"
+STOP = "<think>done</think><action>Terminate</action><answer>liver</answer>"
+
+
+class RecordingPolicy(ScriptedPolicy):
+    def __init__(self, responses):
+        super().__init__(responses)
+        self.seen = []
+
+    def act(self, observation, messages):
+        self.seen.append((observation, messages))
+        return super().act(observation, messages)
+
+
+class ExplodingPolicy(Policy):
+    def act(self, observation, messages):
+        raise ConnectionError("server 127.0.0.1:9 refused")
+
+
+class BrokenTool:
+    name = "broken"
+
+    def __init__(self, tool, fail_on="predict"):
+        self.tool, self.fail_on = tool, fail_on
+
+    def encode(self, image):
+        if self.fail_on == "encode":
+            raise RuntimeError("encoder crashed")
+        return self.tool.encode(image)
+
+    def predict(self, *args, **kwargs):
+        raise RuntimeError("decoder crashed")
+
+
+@pytest.fixture(scope="module")
+def demo_embedding(lite_tool, demo_image):
+    return lite_tool.encode(demo_image)
+
+
+def run(lite_tool, demo_image, demo_embedding, responses, **options):
+    policy = RecordingPolicy(responses)
+    result = Agent(lite_tool, policy, **options).run(demo_image, "Segment the liver.", embedding=demo_embedding)
+    return result, policy
+
+
+def test_terminate_stops_and_keeps_the_answer(lite_tool, demo_image, demo_embedding):
+    result, policy = run(lite_tool, demo_image, demo_embedding, [CLICK, OTHER, STOP])
+    assert result.status is RunStatus.TERMINATED and result.answer == "liver"
+    assert len(result.turns) == 3 and len(result.clicks) == 2
+    assert result.turns[0].predicted_iou is not None and result.turns[2].predicted_iou is None
+    assert result.mask.shape == demo_image.shape[:2]
+    # first turn shows the raw image, later turns the overlay
+    assert np.array_equal(policy.seen[0][0].view, demo_image)
+    assert not np.array_equal(policy.seen[1][0].view, demo_image)
+
+
+def test_max_turns(lite_tool, demo_image, demo_embedding):
+    clicks = [f"<think>t</think><action>Positive Point (0.{i}000, 0.4550)</action>" for i in range(1, 9)]
+    result, _ = run(lite_tool, demo_image, demo_embedding, clicks, max_turns=4)
+    assert result.status is RunStatus.MAX_TURNS and len(result.turns) == 4 and len(result.clicks) == 4
+
+
+def test_same_action_three_times_stops(lite_tool, demo_image, demo_embedding):
+    result, _ = run(lite_tool, demo_image, demo_embedding, [CLICK, CLICK, CLICK, STOP])
+    assert result.status is RunStatus.REPEATED_ACTION
+    assert len(result.turns) == 3 and len(result.clicks) == 2  # the third repeat is not executed
+    assert "repeated_action" in result.turns[-1].issues[-1]
+
+
+def test_unparseable_answers_in_a_row_stop(lite_tool, demo_image, demo_embedding):
+    result, _ = run(lite_tool, demo_image, demo_embedding, [CLICK, "no idea", "", "<action>Jump</action>", STOP])
+    assert result.status is RunStatus.INVALID_OUTPUT and len(result.turns) == 4
+    assert result.turns[1].action is None and result.turns[1].issues
+    # a valid answer in between resets the count
+    result, _ = run(lite_tool, demo_image, demo_embedding, ["junk", "junk", CLICK, "junk", "junk", STOP])
+    assert result.status is RunStatus.TERMINATED
+
+
+def test_policy_and_tool_failures_are_statuses(lite_tool, demo_image):
+    result = Agent(lite_tool, ExplodingPolicy()).run(demo_image, "Segment the liver.")
+    assert result.status is RunStatus.POLICY_ERROR and "refused" in result.error
+    result = Agent(BrokenTool(lite_tool), ScriptedPolicy([CLICK])).run(demo_image, "liver")
+    assert result.status is RunStatus.TOOL_ERROR and not result.clicks and not result.mask.any()
+    result = Agent(BrokenTool(lite_tool, "encode"), ScriptedPolicy([CLICK])).run(demo_image, "liver")
+    assert result.status is RunStatus.TOOL_ERROR and "encoder crashed" in result.error
+    with pytest.raises(ValueError, match="query is empty"):
+        Agent(lite_tool, ScriptedPolicy([])).run(demo_image, "  ")
+
+
+def test_chat_history_on_and_off(lite_tool, demo_image, demo_embedding):
+    _, policy = run(lite_tool, demo_image, demo_embedding, [CLICK, OTHER, STOP])
+    assert [len(messages) for _, messages in policy.seen] == [2, 2, 2]
+    _, policy = run(lite_tool, demo_image, demo_embedding, [CLICK, OTHER, STOP], history=True)
+    assert [len(messages) for _, messages in policy.seen] == [2, 4, 6]
+    last = policy.seen[-1][1]
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert last[2]["content"][0]["text"] == CLICK
+
+
+def test_trajectory_is_json_ready(lite_tool, demo_image, demo_embedding):
+    import json
+
+    result, _ = run(lite_tool, demo_image, demo_embedding, [CLICK, STOP])
+    record = json.loads(json.dumps(result.trajectory()))
+    assert record["status"] == "terminated" and record["clicks"][0]["positive"] is True
+    assert set(record["turns"][0]) >= {"raw_text", "think", "action", "predicted_iou", "mask_area",
+                                        "policy_seconds", "tool_seconds"}
+
+
+def test_oracle_on_the_shipped_example(lite_tool, demo_image, demo_reference):
+    """The full loop on pydicom's abdominal MR with the oracle (base LiteMedSAM: clicks are weak)."""
+    policy = build_policy("oracle", ground_truth=demo_reference)
+    result = Agent(lite_tool, policy).run(demo_image, "Segment the liver.")
+    assert result.status.completed and result.clicks
+    assert result.clicks[0].positive and demo_reference[int(result.clicks[0].y * 300), int(result.clicks[0].x * 484)]
+
+
+def test_oracle_on_real_pairs(lite_tool, real_pairs):
+    """Real images and masks: the oracle's first click lands in the target, the run ends cleanly."""
+    from PIL import Image
+
+    for pair in real_pairs[::3]:
+        image = np.asarray(Image.open(pair.image).convert("RGB"))
+        target = np.asarray(Image.open(pair.mask).convert("L")) > 127
+        result = Agent(lite_tool, build_policy("oracle", ground_truth=target), max_turns=5).run(image, f"Segment the {pair.label}.")
+        assert result.status.completed, (pair, result.error)
+        first = result.clicks[0]
+        assert first.positive and target[int(first.y * target.shape[0]), int(first.x * target.shape[1])]
+        assert 0.0 <= iou(result.mask, target) <= 1.0

@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from ibisagent.imaging.io import ImageReadError, read_image
+from ibisagent.imaging.overlay import MASK_COLOR, overlay_mask
+from ibisagent.imaging.transform import ImageTransform
+from ibisagent.imaging.windowing import apply_window, to_display
+from ibisagent.prompting import load_prompts
+
+from conftest import SHARED_DATA
+
+
+def test_default_prompts_and_custom_file(tmp_path):
+    default = load_prompts()
+    assert "Segment the liver" in default.first("Segment the liver")
+    custom = tmp_path / "p.yaml"
+    custom.write_text("system: S\nfirst_turn: 'Q={query}'\nrefinement_turn: 'R={query}'\n")
+    prompts = load_prompts(custom)
+    assert (prompts.system, prompts.first("x"), prompts.refinement("y")) == ("S", "Q=x", "R=y")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("system: S\nfirst_turn: F\n", "lacks text for: refinement_turn"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("system: S\nfirst_turn: '{label}'\nrefinement_turn: R\n", "placeholder"),
+    ("system: [unclosed\n", "not valid YAML"),
+])
+def test_bad_prompt_files(tmp_path, content, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_prompts(path)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_prompts(tmp_path / "missing.yaml")
+
+
+def test_overlay_is_green_at_alpha_0_4():
+    image = np.full((4, 5, 3), 100, np.uint8)
+    mask = np.zeros((4, 5), bool)
+    mask[1, 2] = True
+    out = overlay_mask(image, mask)
+    expected = np.round(0.6 * 100 + 0.4 * np.array(MASK_COLOR)).astype(np.uint8)
+    assert out[1, 2].tolist() == expected.tolist()
+    assert (out[~mask] == 100).all()
+    with pytest.raises(ValueError):
+        overlay_mask(image, mask[:3])
+
+
+def test_transform_geometry_maps_back():
+    transform = ImageTransform(256, "minmax")
+    image = np.zeros((300, 484, 3), np.uint8)
+    image[50:150, 100:300] = 200
+    model_input, frame = transform(image)
+    assert model_input.shape == (1, 3, 256, 256)
+    assert frame.resized == (159, 256)
+    assert model_input[0, :, 159:, :].max() == 0  # padding bottom
+    assert model_input.max() == pytest.approx(1.0)
+    # a logit map that is positive exactly inside the scaled square comes back at the right place
+    low = np.full((256, 256), -1.0, np.float32)
+    r0, r1, c0, c1 = (np.array([50, 150, 100, 300]) * frame.scale).round().astype(int)
+    low[r0:r1, c0:c1] = 1.0
+    back = frame.logits_to_image(low) > 0
+    truth = image[..., 0] > 0
+    assert (back & truth).sum() / (back | truth).sum() > 0.97
+    # the centre of pixel (row 0, col 0) lands on SAM's pixel-index 0 after scaling
+    assert frame.points_to_input(np.array([[0.5 / 484, 0.5 / 300]]))[0] == pytest.approx([0.5 * frame.scale - 0.5] * 2)
+
+
+def test_windowing():
+    assert apply_window(np.array([-160.0, 40.0, 240.0]), 40, 400).tolist() == [0, 128, 255]
+    assert to_display(np.array([[-1000.0, 3000.0]]), modality="CT").tolist() == [[0, 255]]
+    with pytest.raises(ValueError, match="unknown window"):
+        to_display(np.zeros((2, 2)), window="liver")
+
+
+def test_read_png_dicom_and_errors(tmp_path, demo_image):
+    assert demo_image.shape == (300, 484, 3) and demo_image.dtype == np.uint8
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5)).save(grey)
+    loaded = read_image(grey)
+    assert loaded.rgb.shape == (4, 5, 3) and loaded.kind == "raster"
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ImageReadError, match="corrupt.png: not a readable image"):
+        read_image(corrupt)
+    text = tmp_path / "notes.dcm"
+    text.write_text("hello")
+    with pytest.raises(ImageReadError, match="not a DICOM file"):
+        read_image(text)
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "absent.png")
+
+
+def test_read_real_ct_dicom_in_hounsfield_window():
+    path = SHARED_DATA / "dicom" / "dcmqi-ct-3slice" / "01.dcm"
+    if not path.is_file():
+        pytest.skip(f"real DICOM absent: {path}")
+    loaded = read_image(path)
+    assert loaded.modality == "CT" and loaded.rgb.shape == (512, 512, 3)
+    assert 0 < loaded.rgb.mean() < 255
+
+
+def test_read_nifti_slice_needs_an_index():
+    path = SHARED_DATA / "volumes" / "totalseg-example" / "example_ct_sm.nii.gz"
+    if not path.is_file():
+        pytest.skip(f"real NIfTI absent: {path}")
+    with pytest.raises(ImageReadError, match="choose one with --slice"):
+        read_image(path)
+    loaded = read_image(path, slice_index=10, window="abdomen")
+    assert loaded.kind == "nifti" and loaded.rgb.ndim == 3 and loaded.rgb.std() > 0
+    with pytest.raises(ImageReadError, match="out of range"):
+        read_image(path, slice_index=100000)
