@@ -60,15 +60,16 @@ def _segment(args: argparse.Namespace) -> int:
     from .outputs import write_run
     from .policies import build_policy
     from .prompting import load_prompts
-    from .tools.factory import build_tool
+    from .tools.factory import build_tool, parse_tool_spec
 
     if not args.query or not args.query.strip():
         raise CommandError("the query is empty")
+    tool_config = parse_tool_spec(args.tool)  # cheap checks before any model loads
     loaded = read_image(args.image, args.slice, args.window)
     ground_truth = _read_mask(args.ground_truth, loaded.rgb.shape[:2]) if args.ground_truth else None
     prompts = load_prompts(args.prompts)
     policy = build_policy(args.policy, **_policy_options(args, ground_truth))
-    tool = build_tool(args.tool)
+    tool = build_tool(tool_config)
     agent = Agent(tool, policy, prompts, max_turns=args.max_turns, history=args.history)
 
     turn_masks: list[np.ndarray] = []

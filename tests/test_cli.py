@@ -1,0 +1,97 @@
+"""The `ibis` command as a user runs it: real processes, real files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ibis(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ibisagent.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_demo_main_job(tmp_path):
+    out = tmp_path / "demo"
+    done = ibis("demo", "--out", out, "--max-turns", "6")
+    assert done.returncode == 0, done.stderr
+    assert "turn  1: Positive Point" in done.stdout
+    trajectory = json.loads((out / "trajectory.json").read_text())
+    assert trajectory["input"] == "examples_overlay.dcm" and trajectory["policy"] == "oracle"
+    mask = np.asarray(Image.open(out / "mask.png"))
+    assert mask.shape == (300, 484) and set(np.unique(mask)) <= {0, 255}
+    assert int((mask > 0).sum()) == trajectory["final_mask_area"]
+    assert len(list(out.glob("turn_*.png"))) == len(trajectory["turns"])
+    assert not list(out.glob(".staging-*"))
+
+
+def test_segment_png_with_scripted_policy(tmp_path, med2d_manifest):
+    from ibisagent.evaluation import read_manifest
+
+    pair = read_manifest(med2d_manifest, "test")[0]
+    responses = tmp_path / "answers.txt"
+    responses.write_text("<think>centre</think><action>Positive Point (0.5000, 0.5000)</action>\n"
+                         "<think>ok</think><action>Terminate</action>\n")
+    out = tmp_path / "run"
+    done = ibis("segment", pair.image, "--query", "Segment the aorta.", "--policy", "scripted",
+                "--responses", responses, "--out", out)
+    assert done.returncode == 0, done.stderr
+    trajectory = json.loads((out / "trajectory.json").read_text())
+    assert trajectory["status"] == "terminated" and len(trajectory["clicks"]) == 1
+    assert np.asarray(Image.open(out / "mask.png")).shape == np.asarray(Image.open(pair.image)).shape[:2]
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d: ["segment", d / "absent.png", "--query", "liver"], "no such file"),
+    (lambda d: ["segment", d / "corrupt.png", "--query", "liver"], "not a readable image"),
+    (lambda d: ["segment", d / "ok.png", "--query", "  "], "query is empty"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver"], "needs a ground-truth mask"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--policy", "scripted"], "needs --responses"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--policy", "hf"], "needs --model-path"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--tool", "warp"], "unknown tool"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--ground-truth", d / "small.png"], "is 3x2, the image 8x6"),
+    (lambda d: ["evaluate", "--manifest", d / "absent.csv"], "cannot read manifest"),
+])
+def test_errors_are_one_line_and_write_nothing(tmp_path, make_args, message):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG junk")
+    Image.fromarray(np.zeros((6, 8), np.uint8)).save(tmp_path / "ok.png")
+    Image.fromarray(np.zeros((2, 3), np.uint8)).save(tmp_path / "small.png")
+    out = tmp_path / "out"
+    done = ibis(*make_args(tmp_path), "--out", out) if make_args(tmp_path)[0] == "segment" else ibis(*make_args(tmp_path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ibis: error:") and message in lines[0], done.stderr
+    assert not out.exists()
+
+
+def test_unknown_policy_is_refused(tmp_path):
+    done = ibis("segment", tmp_path / "x.png", "--query", "liver", "--policy", "gpt")
+    assert done.returncode == 2 and "invalid choice: 'gpt'" in done.stderr
+
+
+def test_failed_run_writes_nothing(tmp_path):
+    """A policy that never answers validly ends the run with a clear error and no outputs."""
+    Image.fromarray(np.full((6, 8), 90, np.uint8)).save(tmp_path / "ok.png")
+    responses = tmp_path / "junk.txt"
+    responses.write_text("no\nstill no\nnope\n")
+    out = tmp_path / "out"
+    done = ibis("segment", tmp_path / "ok.png", "--query", "liver", "--policy", "scripted", "--responses", responses,
+                "--out", out)
+    assert done.returncode == 2 and "invalid_output" in done.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_export_onnx_and_bench(tmp_path):
+    done = ibis("export-onnx", "--out", tmp_path / "onnx")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "onnx" / "tool.json").read_text())
+    assert manifest["input_size"] == 256 and manifest["mask_side"] == 256
+    done = ibis("bench", "--runs", "2", "--warmup", "1")
+    assert done.returncode == 0, done.stderr
+    assert "| onnxruntime |" in done.stdout and "ratio onnxruntime/torch" in done.stdout
