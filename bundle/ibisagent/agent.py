@@ -140,42 +140,35 @@ class Agent:
                 messages += [user, {"role": "assistant", "content": [{"type": "text", "text": parsed.raw}]}]
 
             action = parsed.action
+            stop: RunStatus | None = None
             if action is None:
                 invalid_in_a_row += 1
-                if on_turn:
-                    on_turn(turn, result.mask)
                 if invalid_in_a_row >= self.max_invalid:
-                    result.status = RunStatus.INVALID_OUTPUT
-                    return result
-                continue
-            invalid_in_a_row = 0
-            recent = (recent + [action])[-self.max_repeats:]
-            if action.kind is ActionKind.TERMINATE:
-                result.status, result.answer = RunStatus.TERMINATED, parsed.answer
-                if on_turn:
-                    on_turn(turn, result.mask)
-                return result
-            if len(recent) == self.max_repeats and all(action.same_as(other) for other in recent):
-                turn.issues.append(f"repeated_action: the same action {self.max_repeats} times in a row; stopped")
-                result.status = RunStatus.REPEATED_ACTION
-                if on_turn:
-                    on_turn(turn, result.mask)
-                return result
-
-            result.clicks.append(Click(action.x, action.y, action.kind is ActionKind.POSITIVE))
-            started = time.perf_counter()
-            try:
-                output = self.tool.predict(embedding, result.clicks, low_res)
-            except Exception as error:
-                result.clicks.pop()
-                result.status, result.error = RunStatus.TOOL_ERROR, f"{type(error).__name__}: {error}"
-                return result
-            turn.tool_seconds = time.perf_counter() - started
-            low_res = output.low_res_logits
-            result.mask = output.mask
-            turn.predicted_iou = round(output.iou, 4)
-            turn.mask_area = int(output.mask.sum())
+                    stop = RunStatus.INVALID_OUTPUT
+            else:
+                invalid_in_a_row = 0
+                recent = (recent + [action])[-self.max_repeats:]
+                if action.kind is ActionKind.TERMINATE:
+                    stop, result.answer = RunStatus.TERMINATED, parsed.answer
+                elif len(recent) == self.max_repeats and all(action.same_as(other) for other in recent):
+                    turn.issues.append(f"repeated_action: the same action {self.max_repeats} times in a row; stopped")
+                    stop = RunStatus.REPEATED_ACTION
+                else:
+                    result.clicks.append(Click(action.x, action.y, action.kind is ActionKind.POSITIVE))
+                    started = time.perf_counter()
+                    try:
+                        output = self.tool.predict(embedding, result.clicks, low_res)
+                    except Exception as error:  # reported as the run's status, never raised
+                        result.clicks.pop()
+                        result.status, result.error = RunStatus.TOOL_ERROR, f"{type(error).__name__}: {error}"
+                        return result
+                    turn.tool_seconds = time.perf_counter() - started
+                    low_res, result.mask = output.low_res_logits, output.mask
+                    turn.predicted_iou, turn.mask_area = round(output.iou, 4), int(output.mask.sum())
             if on_turn:
                 on_turn(turn, result.mask)
+            if stop is not None:
+                result.status = stop
+                return result
         result.status = RunStatus.MAX_TURNS
         return result
