@@ -116,3 +116,28 @@ def test_bad_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="non-decoder keys"):
         build_tool({"kind": "lite-medsam", "decoder_checkpoint": str(wrong)})
     assert parse_tool_spec("medsam:/w.pth")["normalisation"] == "minmax"
+
+
+def test_decoders_run_a_batch_of_images(lite_tool, onnx_tool, demo_image):
+    """One prompt per image embedding, B at once: equal to B single calls, in torch and ONNX."""
+    from ibisagent.tools.base import build_prompt_arrays
+
+    embedding = lite_tool.encode(demo_image)
+    flipped = lite_tool.encode(np.ascontiguousarray(demo_image[:, ::-1]))
+    prompts = [build_prompt_arrays(e.frame, e.mask_side, [Click(0.3, 0.45, True)], None, None) for e in (embedding, flipped)]
+    features = np.concatenate([embedding.features, flipped.features])
+    batch = {
+        "image_embedding": features,
+        "point_coords": np.concatenate([p.coords for p in prompts]),
+        "point_labels": np.concatenate([p.labels for p in prompts]),
+        "mask_input": np.concatenate([p.mask_input for p in prompts]),
+        "has_mask_input": np.concatenate([p.has_mask_input for p in prompts]),
+    }
+    onnx_logits, _ = onnx_tool.decoder.run(None, batch)
+    with torch.no_grad():
+        torch_logits, _ = lite_tool.decoder(*(torch.from_numpy(v) for v in batch.values()))
+    for index, single in enumerate((embedding, flipped)):
+        alone = lite_tool._decode(single.features, prompts[index])[0]
+        assert np.abs(torch_logits[index].numpy() - alone[0]).max() < 1e-3
+        assert np.abs(onnx_logits[index] - alone[0]).max() < 1e-3
+    assert np.abs(onnx_logits[0] - onnx_logits[1]).max() > 1.0  # the two images really differ

@@ -4,7 +4,8 @@ The encoder graph takes one image (batch 1, fixed): TinyViT's patch merging
 reads the batch size as a Python int, so a traced graph with a dynamic batch
 would accept batch 2 and then fail inside a convolution. A fixed batch makes
 onnxruntime refuse other batches up front with a shape error. The decoder is
-the same `PromptDecoder` the torch tool runs, with a dynamic number of points.
+the same `PromptDecoder` the torch tool runs, with dynamic batch (one prompt
+per image embedding) and a dynamic number of points.
 """
 
 from __future__ import annotations
@@ -56,7 +57,15 @@ def export_onnx(parts: SamParts, transform: ImageTransform, out_dir: str | Path)
                 opset_version=OPSET,
                 input_names=["image_embedding", "point_coords", "point_labels", "mask_input", "has_mask_input"],
                 output_names=["low_res_logits", "iou_predictions"],
-                dynamic_axes={"point_coords": {1: "points"}, "point_labels": {1: "points"}},
+                dynamic_axes={
+                    "image_embedding": {0: "batch"},
+                    "point_coords": {0: "batch", 1: "points"},
+                    "point_labels": {0: "batch", 1: "points"},
+                    "mask_input": {0: "batch"},
+                    "has_mask_input": {0: "batch"},
+                    "low_res_logits": {0: "batch"},
+                    "iou_predictions": {0: "batch"},
+                },
             )
         manifest = {
             "format": MANIFEST_FORMAT,

@@ -69,11 +69,17 @@ class PromptDecoder(nn.Module):
                 mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sparse = self._embed_points(point_coords, point_labels)
         dense = self._embed_mask(mask_input, has_mask_input)
+        # segment-anything's decoder adds the dense prompt to the image embedding
+        # repeated once per prompt (many prompts, one image). Folding the image
+        # embedding into the dense prompt and passing a single zero embedding
+        # gives the same sum with one image per prompt, so a batch of B images
+        # with B prompts runs (training, batched serving).
+        source = image_embedding + dense
         return self.mask_decoder.predict_masks(
-            image_embeddings=image_embedding,
+            image_embeddings=torch.zeros_like(source[:1]),
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
+            dense_prompt_embeddings=source,
         )
 
 
