@@ -166,6 +166,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_tool(args: argparse.Namespace) -> int:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(args.config)
+    overrides = {"manifest": args.manifest, "click_tuning#out_dir": args.out, "click_tuning#epochs": args.epochs,
+                 "click_tuning#limit_train": args.limit_train, "click_tuning#limit_val": args.limit_val,
+                 "click_tuning#resume": True if args.resume else None}
+    for key, value in overrides.items():
+        if value is not None:
+            parser[key] = value
+    parser.get_parsed_content("run")
+    return 0
+
+
 def _add_run_options(parser: argparse.ArgumentParser, policy_default: str) -> None:
     from .policies import POLICY_NAMES
 
@@ -216,6 +231,16 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--tool", default="lite-medsam")
     export.add_argument("--out", required=True)
     export.set_defaults(handler=_export_onnx)
+
+    train = commands.add_parser("train-tool", help="fine-tune LiteMedSAM's decoder for clicks")
+    train.add_argument("--config", default="configs/train_tool.yaml")
+    train.add_argument("--manifest", help="override the config's manifest")
+    train.add_argument("--out", help="override the output folder")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--limit-train", type=int)
+    train.add_argument("--limit-val", type=int)
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    train.set_defaults(handler=_train_tool)
 
     bench = commands.add_parser("bench", help="encoder and decoder latency, torch vs onnxruntime")
     bench.add_argument("--tool", default="lite-medsam")

@@ -51,6 +51,14 @@ class Frame:
         """A pixel-index box (x0, y0, x1, y1) of the original image to input coordinates."""
         return (np.asarray(box_xyxy, np.float64) * self.scale).astype(np.float32).reshape(2, 2)
 
+    def mask_to_input(self, mask: np.ndarray) -> np.ndarray:
+        """A mask at the original size to the padded model-input frame (area resize, >= half covered)."""
+        rows, cols = self.resized
+        resized = cv2.resize(mask.astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA) >= 0.5
+        framed = np.zeros((self.input_size, self.input_size), bool)
+        framed[:rows, :cols] = resized
+        return framed
+
     def logits_to_image(self, low_res: np.ndarray) -> np.ndarray:
         """Low-res decoder logits (any square size) to logits at the original image size."""
         side = self.input_size

@@ -1,0 +1,1 @@
+"""Training: the click-tuned segmentation decoder (and, later, trajectories and policies)."""

@@ -1,0 +1,282 @@
+"""Fine-tune LiteMedSAM's prompt encoder and mask decoder for positive and negative clicks.
+
+LiteMedSAM was trained with boxes only. Here the image encoder stays frozen
+(embeddings cached on disk) and the decoder learns from iterative click
+simulation, as in interactive segmentation training: per batch a random
+number of click steps, each adding a click in the current error region and
+feeding the previous best logits back as `mask_input`, with a loss on every
+step. Box batches are mixed in so box prompts stay as good as before.
+Model selection is on the validation split, in the model-input frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from ..evaluation import Pair, read_manifest
+from ..imaging.transform import Frame, ImageTransform
+from ..tools.base import LABEL_BOX_END, LABEL_BOX_START, LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE
+from ..tools.onnx_export import export_onnx
+from ..tools.onnx_tool import OnnxSamTool
+from ..tools.sam_model import PromptDecoder, build_lite_medsam
+from .click_sampling import jittered_box, sample_click
+from .embedding_cache import EmbeddingCache
+
+__all__ = ["ClickTuningConfig", "train_click_decoder", "validate"]
+
+VALIDATION_CLICKS = (1, 3, 5)
+
+
+@dataclass
+class ClickTuningConfig:
+    manifest: str
+    out_dir: str = "runs/click_tuning"
+    cache_dir: str = "~/.cache/ibisagent/embeddings"
+    epochs: int = 4
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    max_click_steps: int = 6
+    box_fraction: float = 0.25
+    exact_click_probability: float = 0.5
+    seed: int = 0
+    train_split: str = "train"
+    val_split: str = "val"
+    limit_train: int | None = None
+    limit_val: int | None = None
+    resume: bool = False
+
+
+@dataclass
+class Sample:
+    image: Path
+    target: np.ndarray  # (S, S) bool in the model-input frame
+    source: str
+
+
+def _samples(pairs: list[Pair], input_size: int, limit: int | None) -> list[Sample]:
+    pairs = sorted(pairs, key=lambda p: (str(p.image), p.label))[:limit]
+    samples = []
+    for pair in pairs:
+        mask = np.asarray(Image.open(pair.mask).convert("L")) > 127
+        target = Frame(mask.shape[0], mask.shape[1], input_size).mask_to_input(mask)
+        if target.any():
+            samples.append(Sample(pair.image, target, pair.source))
+    return samples
+
+
+def _prompt_tensors(points: list[list[tuple[float, float, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (x, y, label) lists, padded with not-a-point entries to one length (+1 pad, as at inference)."""
+    length = max(len(p) for p in points) + 1
+    coords = np.zeros((len(points), length, 2), np.float32)
+    labels = np.full((len(points), length), LABEL_PAD, np.float32)
+    for index, sample_points in enumerate(points):
+        for slot, (x, y, label) in enumerate(sample_points):
+            coords[index, slot] = (x, y)
+            labels[index, slot] = label
+    return torch.from_numpy(coords), torch.from_numpy(labels)
+
+
+def _mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-candidate BCE + Dice (B, K) and the candidates' true IoU (B, K)."""
+    target = target[:, None].expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(2, 3))
+    probability = torch.sigmoid(logits)
+    intersection = (probability * target).sum(dim=(2, 3))
+    dice = 1.0 - (2.0 * intersection + 1.0) / (probability.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1.0)
+    with torch.no_grad():
+        predicted = logits > 0
+        hard_target = target > 0.5
+        union = (predicted | hard_target).sum(dim=(2, 3)).float()
+        true_iou = (predicted & hard_target).sum(dim=(2, 3)).float() / union.clamp(min=1.0)
+    return bce + dice, true_iou
+
+
+def _step_loss(logits: torch.Tensor, iou_prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The best candidate's mask loss (SAM's ambiguity-aware choice) plus IoU-head regression on all."""
+    losses, true_iou = _mask_losses(logits, target)
+    return losses.min(dim=1).values.mean() + F.mse_loss(iou_prediction, true_iou)
+
+
+class _Batches:
+    """Embeddings and targets of a sample list as tensors, by index."""
+
+    def __init__(self, samples: list[Sample], embeddings: dict[Path, np.ndarray]):
+        self.samples = samples
+        self.embeddings = embeddings
+
+    def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, list[Sample]]:
+        chosen = [self.samples[i] for i in indices]
+        features = torch.from_numpy(np.stack([self.embeddings[s.image] for s in chosen]).astype(np.float32))
+        targets = torch.from_numpy(np.stack([s.target for s in chosen]).astype(np.float32))
+        return features, targets, chosen
+
+
+def _click_rollout(decoder: PromptDecoder, features: torch.Tensor, targets: torch.Tensor, steps: int,
+                   rng: np.random.Generator | None, exact_probability: float, train: bool) -> list[np.ndarray]:
+    """Run `steps` click steps; with `train`, backpropagate each step's loss. Returns per-step IoUs (B,)."""
+    batch, side = features.shape[0], targets.shape[-1]
+    target_masks = targets.numpy() > 0.5
+    predictions = np.zeros_like(target_masks)
+    points: list[list[tuple[float, float, int]]] = [[] for _ in range(batch)]
+    mask_input = torch.zeros(batch, 1, side, side)
+    has_mask = torch.zeros(batch)
+    ious = []
+    for _ in range(steps):
+        for index in range(batch):
+            click = sample_click(predictions[index], target_masks[index], rng or np.random.default_rng(0),
+                                 exact_probability if rng is not None else 1.0)
+            if click is not None:
+                row, col, positive = click
+                points[index].append((float(col), float(row), LABEL_POSITIVE if positive else LABEL_NEGATIVE))
+        coords, labels = _prompt_tensors(points)
+        with torch.set_grad_enabled(train):
+            logits, iou_prediction = decoder(features, coords, labels, mask_input, has_mask)
+            logits, iou_prediction = logits[:, 1:], iou_prediction[:, 1:]
+            if train:
+                (_step_loss(logits, iou_prediction, targets) / steps).backward()
+        best = iou_prediction.detach().argmax(dim=1)
+        chosen = logits.detach()[torch.arange(batch), best][:, None]
+        mask_input, has_mask = chosen, torch.ones(batch)
+        predictions = chosen[:, 0].numpy() > 0
+        union = (predictions | target_masks).sum(axis=(1, 2))
+        ious.append((predictions & target_masks).sum(axis=(1, 2)) / np.maximum(union, 1))
+    return ious
+
+
+def _box_step(decoder: PromptDecoder, features: torch.Tensor, targets: torch.Tensor,
+              rng: np.random.Generator | None, train: bool) -> np.ndarray:
+    """One box prompt on the single-mask output; jittered when training. Returns IoUs (B,)."""
+    masks = targets.numpy() > 0.5
+    boxes = [jittered_box(m, rng) if rng is not None else jittered_box(m, np.random.default_rng(0), 0.0) for m in masks]
+    points = [[(b[0], b[1], LABEL_BOX_START), (b[2], b[3], LABEL_BOX_END)] for b in boxes]
+    coords, labels = _prompt_tensors(points)
+    coords, labels = coords[:, :2], labels[:, :2]  # a box takes no padding point, as in SAM
+    side = targets.shape[-1]
+    with torch.set_grad_enabled(train):
+        logits, iou_prediction = decoder(features, coords, labels, torch.zeros(len(masks), 1, side, side),
+                                         torch.zeros(len(masks)))
+        if train:
+            _step_loss(logits[:, :1], iou_prediction[:, :1], targets).backward()
+    predictions = logits.detach()[:, 0].numpy() > 0
+    return (predictions & masks).sum(axis=(1, 2)) / np.maximum((predictions | masks).sum(axis=(1, 2)), 1)
+
+
+def validate(decoder: PromptDecoder, data: _Batches, batch_size: int = 16) -> dict:
+    """Exact simulator clicks and exact boxes on every sample; means per source and over sources."""
+    decoder.eval()
+    per_source: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for start in range(0, len(data.samples), batch_size):
+        features, targets, chosen = data.get(np.arange(start, min(start + batch_size, len(data.samples))))
+        click_ious = _click_rollout(decoder, features, targets, max(VALIDATION_CLICKS), None, 1.0, train=False)
+        box_ious = _box_step(decoder, features, targets, None, train=False)
+        for index, sample in enumerate(chosen):
+            for k in VALIDATION_CLICKS:
+                per_source[sample.source][f"iou@{k}"].append(float(click_ious[k - 1][index]))
+            per_source[sample.source]["box_iou"].append(float(box_ious[index]))
+    by_source = {source: {key: float(np.mean(values)) for key, values in metrics.items()}
+                 for source, metrics in sorted(per_source.items())}
+    keys = [f"iou@{k}" for k in VALIDATION_CLICKS] + ["box_iou"]
+    overall = {key: float(np.mean([m[key] for m in by_source.values()])) for key in keys}
+    overall["score"] = (overall["iou@1"] + overall["iou@5"]) / 2.0
+    return {"by_source": by_source, "overall": overall}
+
+
+def _save_atomic(obj: object, path: Path) -> None:
+    handle, temporary = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _decoder_state(decoder: PromptDecoder) -> dict[str, torch.Tensor]:
+    return {f"{part}.{key}": value.detach().clone() for part in ("prompt_encoder", "mask_decoder")
+            for key, value in getattr(decoder, part).state_dict().items()}
+
+
+def train_click_decoder(config: ClickTuningConfig) -> Path:
+    """Train; returns the folder with `best_decoder.pt`, `last.pt` and `training_summary.json`."""
+    started = time.perf_counter()
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+
+    parts = build_lite_medsam()
+    encoder_dir = out_dir / "encoder_onnx"
+    if not (encoder_dir / "tool.json").is_file():
+        export_onnx(parts, ImageTransform(256, "minmax"), encoder_dir)
+    cache = EmbeddingCache(Path(config.cache_dir).expanduser(), OnnxSamTool(encoder_dir))
+    train = _samples(read_manifest(config.manifest, config.train_split), parts.input_size, config.limit_train)
+    val = _samples(read_manifest(config.manifest, config.val_split), parts.input_size, config.limit_val)
+    images = sorted({s.image for s in train + val})
+    embeddings = {image: cache.get(image) for image in tqdm(images, desc="embeddings", unit="image")}
+    train_data, val_data = _Batches(train, embeddings), _Batches(val, embeddings)
+
+    decoder = PromptDecoder(parts)  # holds only the prompt encoder and mask decoder: the encoder stays frozen
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    state = {"epoch": 0, "best_score": -1.0, "history": [], "base": None}
+    last_path = out_dir / "last.pt"
+    if config.resume and last_path.is_file():
+        checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
+        decoder.load_state_dict({**decoder.state_dict(), **checkpoint["decoder"]})
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        rng.bit_generator.state = checkpoint["numpy_rng"]
+        torch.set_rng_state(checkpoint["torch_rng"])
+        state = checkpoint["state"]
+    if state["base"] is None:
+        state["base"] = validate(decoder, val_data)
+
+    steps_per_epoch = len(train) // config.batch_size
+    for epoch in range(state["epoch"], config.epochs):
+        decoder.train()
+        order = rng.permutation(len(train))
+        progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+        running = []
+        for step in progress:
+            features, targets, _ = train_data.get(order[step * config.batch_size:(step + 1) * config.batch_size])
+            optimizer.zero_grad(set_to_none=True)
+            if rng.random() < config.box_fraction:
+                ious = [_box_step(decoder, features, targets, rng, train=True)]
+            else:
+                steps = int(rng.integers(1, config.max_click_steps + 1))
+                ious = _click_rollout(decoder, features, targets, steps, rng, config.exact_click_probability, True)
+            optimizer.step()
+            running.append(float(np.mean(ious[-1])))
+            progress.set_postfix(iou=f"{np.mean(running[-50:]):.3f}")
+        metrics = validate(decoder, val_data)
+        state["history"].append({"epoch": epoch + 1, **metrics["overall"]})
+        if metrics["overall"]["score"] > state["best_score"]:
+            state["best_score"] = metrics["overall"]["score"]
+            _save_atomic(_decoder_state(decoder), out_dir / "best_decoder.pt")
+        state["epoch"] = epoch + 1
+        _save_atomic({"decoder": _decoder_state(decoder), "optimizer": optimizer.state_dict(),
+                      "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "state": state},
+                     last_path)
+        print(f"epoch {epoch + 1}: val " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["overall"].items()), flush=True)
+
+    summary = {
+        "config": asdict(config), "train_samples": len(train), "val_samples": len(val),
+        "base_val": state["base"], "history": state["history"], "best_score": state["best_score"],
+        "wall_seconds_this_run": round(time.perf_counter() - started, 1),
+        "peak_memory_mib_this_run": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out_dir

@@ -1,0 +1,46 @@
+"""Image embeddings computed once and kept on disk: the encoder is frozen during decoder training.
+
+Entries are float16 `.npy` files keyed by the image file (path, size, mtime)
+and the encoder's identity, written atomically, so a rerun or a resumed
+training reuses them and a changed image or encoder never reads a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..tools.base import SegmentationTool
+
+__all__ = ["EmbeddingCache"]
+
+
+class EmbeddingCache:
+    def __init__(self, directory: str | Path, tool: SegmentationTool):
+        self.tool = tool
+        self.directory = Path(directory) / hashlib.sha1(tool.name.encode()).hexdigest()[:12]
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, image_path: Path) -> Path:
+        stat = image_path.stat()
+        key = f"{image_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        return self.directory / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+
+    def get(self, image_path: str | Path) -> np.ndarray:
+        """The (C, h, w) float16 embedding of an image file, computed on first use."""
+        image_path = Path(image_path)
+        path = self._path(image_path)
+        if path.is_file():
+            return np.load(path)
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+        features = self.tool.encode(image).features[0].astype(np.float16)
+        handle, temporary = tempfile.mkstemp(suffix=".npy", dir=self.directory)
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, features)
+        os.replace(temporary, path)
+        return features
