@@ -123,7 +123,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.limit:
         pairs = pairs[: args.limit]
     queries = load_queries(args.queries)
-    tool = build_tool(args.tool)
     prompts = load_prompts(args.prompts)
     shared = None if args.policy == "oracle" else build_policy(args.policy, **_policy_options(args, None))
 
@@ -136,13 +135,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"[{done}/{total}] {record['source']} {record['label']}: IoU {record['iou']:.3f} "
               f"({record['clicks']} clicks, {record['status']})", file=sys.stderr, flush=True)
 
-    records = evaluate(pairs, tool, make_policy, queries, args.query_kind, prompts, args.max_turns, progress)
-    summary = summarise(records)
-    report = {"command": " ".join(["ibis", *sys.argv[1:]]), "tool": tool.name, "policy": args.policy,
-              "split": args.split, "query_kind": args.query_kind, **summary, "pairs": records}
+    runs = []
+    for spec in args.tool or ["lite-medsam"]:
+        tool = build_tool(spec)
+        records = evaluate(pairs, tool, make_policy, queries, args.query_kind, prompts, args.max_turns, progress)
+        runs.append({"tool": tool.name, "tool_spec": spec, **summarise(records), "pairs": records})
+        print(f"\n{tool.name} ({spec}), policy {args.policy}, split {args.split}, {args.query_kind} queries\n")
+        print(markdown_table(runs[-1]))
+    report = {"command": " ".join(["ibis", *sys.argv[1:]]), "policy": args.policy, "split": args.split,
+              "query_kind": args.query_kind, **{k: runs[0][k] for k in ("tool", "by_source", "overall")},
+              "runs": runs}
     if args.json:
         write_json_atomic(args.json, report)
-    print(markdown_table(summary))
     return 0
 
 
@@ -181,11 +185,15 @@ def _train_tool(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_options(parser: argparse.ArgumentParser, policy_default: str) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_repeats: bool = False) -> None:
     from .policies import POLICY_NAMES
 
     parser.add_argument("--policy", default=policy_default, choices=POLICY_NAMES)
-    parser.add_argument("--tool", default="lite-medsam", help="lite-medsam | onnx:DIR | sam:vit_b:CKPT | medsam:CKPT")
+    tool_help = "lite-medsam | lite-medsam-base | onnx:DIR | sam:vit_b:CKPT | medsam:CKPT"
+    if tool_repeats:
+        parser.add_argument("--tool", action="append", help=tool_help + " (repeat to compare tools in one run)")
+    else:
+        parser.add_argument("--tool", default="lite-medsam", help=tool_help)
     parser.add_argument("--prompts", help="YAML prompt file (default: the packaged wording)")
     parser.add_argument("--max-turns", type=int, default=20)
     parser.add_argument("--target-iou", type=float, default=0.9, help="oracle: stop at this IoU")
@@ -224,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="at most N pairs")
     evaluate.add_argument("--per-source", type=int, help="at most N pairs per source")
     evaluate.add_argument("--json", help="write the full report here")
-    _add_run_options(evaluate, "oracle")
+    _add_run_options(evaluate, "oracle", tool_repeats=True)
     evaluate.set_defaults(handler=_evaluate)
 
     export = commands.add_parser("export-onnx", help="export the tool to ONNX")

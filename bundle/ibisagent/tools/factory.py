@@ -1,6 +1,7 @@
 """Build a segmentation tool from a short spec string or a config mapping.
 
-Strings: `lite-medsam` (default, torch), `onnx:DIR`, `sam:vit_b:CHECKPOINT`
+Strings: `lite-medsam` (default, torch, with our click-tuned decoder),
+`lite-medsam-base` (the wheel's box-trained decoder), `onnx:DIR`, `sam:vit_b:CHECKPOINT`
 (segment-anything weights; vit_l, vit_h too) and `medsam:CHECKPOINT` (a
 MedSAM vit_b, min-max normalised). Mappings carry the same fields by name, so
 bundle configs and the CLI share one path.
@@ -22,7 +23,9 @@ def parse_tool_spec(spec: str) -> dict[str, Any]:
     """`onnx:DIR` -> {"kind": "onnx", "path": DIR}, and so on."""
     kind, _, rest = spec.partition(":")
     if kind == "lite-medsam":
-        return {"kind": "lite-medsam", **({"checkpoint": rest} if rest else {})}
+        return {"kind": "lite-medsam", **({"checkpoint": rest, "decoder_checkpoint": None} if rest else {})}
+    if kind == "lite-medsam-base" and not rest:
+        return {"kind": "lite-medsam", "decoder_checkpoint": None}
     if kind == "onnx" and rest:
         return {"kind": "onnx", "path": rest}
     if kind == "sam":
@@ -32,7 +35,8 @@ def parse_tool_spec(spec: str) -> dict[str, Any]:
     if kind == "medsam" and rest:
         return {"kind": "segment-anything", "model_type": "vit_b", "checkpoint": rest, "normalisation": "minmax"}
     raise ValueError(
-        f"unknown tool {spec!r}: use lite-medsam, onnx:DIR, sam:vit_b|vit_l|vit_h:CHECKPOINT or medsam:CHECKPOINT"
+        f"unknown tool {spec!r}: use lite-medsam, lite-medsam-base, onnx:DIR, sam:vit_b|vit_l|vit_h:CHECKPOINT "
+        "or medsam:CHECKPOINT"
     )
 
 
@@ -42,10 +46,12 @@ def build_tool(spec: str | Mapping[str, Any] = "lite-medsam") -> SegmentationToo
     kind = config.pop("kind", None)
     device = config.pop("device", "cpu")
     if kind == "lite-medsam":
-        from .sam_model import build_lite_medsam
+        from .sam_model import build_lite_medsam, shipped_click_decoder
         from .torch_tool import TorchSamTool
 
-        parts = build_lite_medsam(config.pop("checkpoint", None), config.pop("decoder_checkpoint", None))
+        decoder = config.pop("decoder_checkpoint", "shipped")
+        decoder = shipped_click_decoder() if decoder == "shipped" else decoder
+        parts = build_lite_medsam(config.pop("checkpoint", None), decoder)
         tool: SegmentationTool = TorchSamTool(parts, ImageTransform(256, "minmax"), device)
     elif kind == "segment-anything":
         from .sam_model import build_segment_anything

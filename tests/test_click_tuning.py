@@ -1,0 +1,66 @@
+"""Click fine-tuning of LiteMedSAM's decoder: sampling, caching, a short real run, resume, loading."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ibisagent.training.click_sampling import jittered_box, sample_click
+
+
+def test_sampled_clicks_lie_deep_in_the_error_region():
+    target = np.zeros((40, 40), bool)
+    target[10:30, 10:30] = True
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        row, col, positive = sample_click(np.zeros_like(target), target, rng)
+        assert positive and 14 <= row <= 25 and 14 <= col <= 25  # at least half as deep as the centre
+    prediction = target.copy()
+    prediction[0:6, :] = True
+    row, col, positive = sample_click(prediction, target, rng, exact_probability=1.0)
+    assert not positive and row < 6
+    assert sample_click(target, target, rng) is None
+
+
+def test_jittered_box_stays_near_the_target_and_inside_the_image():
+    target = np.zeros((50, 60), bool)
+    target[10:20, 30:50] = True
+    exact = jittered_box(target, np.random.default_rng(0), max_shift=0.0)
+    assert exact.tolist() == [30, 10, 49, 19]
+    for seed in range(20):
+        box = jittered_box(target, np.random.default_rng(seed))
+        assert np.all(np.abs(box - exact) <= 0.1 * np.array([20, 10, 20, 10]) + 1e-4)
+        assert box.min() >= 0 and box[2] <= 59 and box[3] <= 49
+
+
+def test_embedding_cache_computes_once(tmp_path, lite_tool, real_pairs):
+    from ibisagent.training.embedding_cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path, lite_tool)
+    first = cache.get(real_pairs[0].image)
+    files = list(cache.directory.glob("*.npy"))
+    assert first.dtype == np.float16 and first.shape == (256, 64, 64) and len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    assert np.array_equal(cache.get(real_pairs[0].image), first) and files[0].stat().st_mtime_ns == stamp
+
+
+def test_short_training_run_resumes_and_its_decoder_loads(tmp_path, med2d_manifest, demo_image):
+    from ibisagent.tools.base import Click
+    from ibisagent.tools.factory import build_tool
+    from ibisagent.training.click_tuning import ClickTuningConfig, train_click_decoder
+
+    config = ClickTuningConfig(manifest=str(med2d_manifest), out_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                               epochs=1, batch_size=4, limit_train=8, limit_val=4)
+    out = train_click_decoder(config)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["train_samples"] == 8 and len(summary["history"]) == 1
+    assert {"iou@1", "iou@5", "box_iou", "score"} <= set(summary["history"][0])
+    config.epochs, config.resume = 2, True
+    summary = json.loads((train_click_decoder(config) / "training_summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]  # epoch 1 was not repeated
+    tuned = build_tool({"kind": "lite-medsam", "decoder_checkpoint": str(out / "best_decoder.pt")})
+    base = build_tool("lite-medsam-base")
+    embedding = base.encode(demo_image)
+    a = tuned.predict(embedding, [Click(0.3, 0.45, True)]).low_res_logits
+    b = base.predict(embedding, [Click(0.3, 0.45, True)]).low_res_logits
+    assert np.abs(a - b).max() > 1e-3  # the trained weights are really used
