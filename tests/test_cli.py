@@ -95,3 +95,34 @@ def test_export_onnx_and_bench(tmp_path):
     done = ibis("bench", "--runs", "2", "--warmup", "1")
     assert done.returncode == 0, done.stderr
     assert "| onnxruntime |" in done.stdout and "ratio onnxruntime/torch" in done.stdout
+
+
+def test_segment_dicom_writes_a_valid_seg(tmp_path):
+    from conftest import SHARED_DATA
+    from ibisagent.dicom.seg_writer import list_segments, segment_mask
+
+    series = SHARED_DATA / "dicom" / "dcmqi-ct-3slice"
+    if not series.is_dir():
+        pytest.skip(f"real DICOM absent: {series}")
+    responses = tmp_path / "answers.txt"
+    responses.write_text("<think>liver</think><action>Positive Point (0.3000, 0.4500)</action>\n"
+                         "<think>done</think><action>Terminate</action>\n")
+    out = tmp_path / "out"
+    done = ibis("segment-dicom", series, "--slice", "1", "--query", "Segment the liver.", "--label", "liver",
+                "--policy", "scripted", "--responses", responses, "--out", out)
+    assert done.returncode == 0, done.stderr
+    trajectory = json.loads((out / "seg.json").read_text())
+    assert trajectory["status"] == "terminated" and trajectory["label"] == "liver"
+    assert [s.label for s in list_segments(out / "seg.dcm")] == ["liver"]
+    import pydicom
+
+    source_uid = pydicom.dcmread(out / "seg.dcm").ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    assert int(segment_mask(out / "seg.dcm", source_uid).sum()) == trajectory["final_mask_area"]
+
+
+def test_segment_dicom_refuses_a_folder_without_dicom(tmp_path):
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "notes.txt").write_text("not dicom")
+    done = ibis("segment-dicom", tmp_path / "series", "--query", "liver", "--out", tmp_path / "out")
+    assert done.returncode == 2 and done.stderr.startswith("ibis: error:") and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

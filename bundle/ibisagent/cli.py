@@ -42,6 +42,14 @@ def _policy_options(args: argparse.Namespace, ground_truth: np.ndarray | None) -
     return {}
 
 
+def _print_turn(turn, mask) -> None:
+    """The progress line of one turn."""
+    action = turn.action or f"unparseable ({turn.issues[0] if turn.issues else 'no action'})"
+    shown = f"-> mask {turn.mask_area} px, predicted IoU {turn.predicted_iou:.3f}" if turn.mask_area is not None else ""
+    print(f"turn {turn.index + 1:2d}: {action} {shown} (policy {turn.policy_seconds:.2f} s, tool {turn.tool_seconds:.2f} s)",
+          flush=True)
+
+
 def _read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
@@ -76,10 +84,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     def report(turn, mask) -> None:
         turn_masks.append(mask)
-        action = turn.action or f"unparseable ({turn.issues[0] if turn.issues else 'no action'})"
-        shown = f"-> mask {turn.mask_area} px, predicted IoU {turn.predicted_iou:.3f}" if turn.mask_area is not None else ""
-        print(f"turn {turn.index + 1:2d}: {action} {shown} (policy {turn.policy_seconds:.2f} s, tool {turn.tool_seconds:.2f} s)",
-              flush=True)
+        _print_turn(turn, mask)
 
     result = agent.run(loaded.rgb, args.query, on_turn=report)
     if not result.status.completed:
@@ -91,6 +96,35 @@ def _segment(args: argparse.Namespace) -> int:
     written = write_run(args.out, loaded.rgb, result, turn_masks, metadata)
     print(f"{result.status.value} after {len(result.turns)} turn(s), {len(result.clicks)} click(s); "
           f"mask {int(result.mask.sum())} px -> {Path(args.out) / 'mask.png'} ({len(written)} files)")
+    return 0
+
+
+def _segment_dicom(args: argparse.Namespace) -> int:
+    from .dicom.pipeline import segment_dicom
+    from .dicom.series import read_series
+    from .policies import build_policy
+    from .prompting import load_prompts
+    from .tools.factory import build_tool, parse_tool_spec
+
+    if not args.query or not args.query.strip():
+        raise CommandError("the query is empty")
+    tool_config = parse_tool_spec(args.tool)
+    series = read_series(args.series_dir, args.slice, args.series_uid, args.window)  # input errors before models load
+    ground_truth = _read_mask(args.ground_truth, series.rgb.shape[:2]) if args.ground_truth else None
+    prompts = load_prompts(args.prompts)
+    policy = build_policy(args.policy, **_policy_options(args, ground_truth))
+    tool = build_tool(tool_config)
+    print(f"series: {series.slice_count} slice(s), {series.modality or 'unknown modality'}, slice {series.index}",
+          flush=True)
+    run = segment_dicom(args.series_dir, args.query, args.out, tool, policy, label=args.label, prompts=prompts,
+                        max_turns=args.max_turns, series=series, on_turn=_print_turn, tool_name=tool.name,
+                        policy_name=args.policy)
+    if not run.completed:
+        result = run.result
+        raise CommandError(f"run ended with {result.status.value}: {result.error or 'the policy gave no usable answer'}; "
+                           "nothing written")
+    print(f"{run.result.status.value} after {len(run.result.turns)} turn(s); segment {run.label!r}, "
+          f"{int(run.result.mask.sum())} px -> {run.written.path} (+ {Path(run.written.sidecar).name})")
     return 0
 
 
@@ -218,6 +252,18 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--history", action="store_true", help="send the whole chat, not only the current turn")
     _add_run_options(segment, "oracle")
     segment.set_defaults(handler=_segment)
+
+    dicom = commands.add_parser("segment-dicom", help="segment one slice of a DICOM series; write a DICOM-SEG")
+    dicom.add_argument("series_dir", help="a folder holding one DICOM series (or choose one with --series-uid)")
+    dicom.add_argument("--query", required=True)
+    dicom.add_argument("--out", default="out")
+    dicom.add_argument("--slice", type=int, help="slice index (0 = lowest along the slice normal)")
+    dicom.add_argument("--label", help="the target's label for the SEG's codes, e.g. liver (default: generic 'target')")
+    dicom.add_argument("--series-uid", help="pick one series when the folder holds several")
+    dicom.add_argument("--window", help="abdomen | lung | bone | brain | percentile")
+    dicom.add_argument("--ground-truth", help="oracle: the reference mask of the slice (PNG)")
+    _add_run_options(dicom, "oracle")
+    dicom.set_defaults(handler=_segment_dicom)
 
     demo = commands.add_parser("demo", help="the main job on pydicom's shipped abdominal MR")
     demo.add_argument("--out", default="demo_out")

@@ -1,8 +1,11 @@
 """The bundle workflow: run the agent over a datalist and write each item's outputs.
 
 A datalist is MONAI's decathlon layout (`{"testing": [{"image": ..., "query": ...,
-"label": ...}]}`, paths relative to the file) or a list of such items. `label`,
-a reference mask, is only needed by the oracle policy.
+"label": ...}]}`, paths relative to the file) or a list of such items. `image`
+is a 2D image file (outputs: mask.png, overlays, trajectory.json) or a DICOM
+series folder (outputs: seg.dcm and seg.json; `target` names the segment for
+its codes, `slice` picks the slice). `label`, a reference mask, is only
+needed by the oracle policy.
 """
 
 from __future__ import annotations
@@ -56,23 +59,46 @@ class AgentWorkflow:
             raise ValueError(f"label {Path(item['label']).name} does not match its image size")
         return build_policy("oracle", ground_truth=reference, target_iou=self.target_iou)
 
+    def _run_dicom(self, item: dict, out_dir: Path, entry: dict) -> None:
+        """A DICOM series folder: the chosen slice through the agent, a DICOM-SEG out."""
+        from .dicom.pipeline import segment_dicom
+        from .dicom.series import read_series
+
+        series = read_series(item["image"], item.get("slice"), item.get("series_uid"), item.get("window"))
+        policy = self._policy(item, series.rgb.shape[:2])
+        run = segment_dicom(item["image"], item["query"], out_dir, self.tool, policy, label=item.get("target"),
+                            prompts=self.prompts, max_turns=self.max_turns, series=series, tool_name=self.tool.name,
+                            policy_name=self.policy_name)
+        result = run.result
+        entry.update(status=result.status.value, clicks=len(result.clicks), mask_area=int(result.mask.sum()))
+        if not run.completed:
+            entry["error"] = result.error
+
+    def _run_image(self, item: dict, out_dir: Path, entry: dict) -> None:
+        """A 2D image file: mask.png, overlays and trajectory.json out."""
+        loaded = read_image(item["image"], item.get("slice"), item.get("window"))
+        agent = Agent(self.tool, self._policy(item, loaded.rgb.shape[:2]), self.prompts, self.max_turns)
+        masks: list[np.ndarray] = []
+        result = agent.run(loaded.rgb, item["query"], on_turn=lambda turn, mask: masks.append(mask))
+        entry.update(status=result.status.value, clicks=len(result.clicks), mask_area=int(result.mask.sum()))
+        if result.status.completed:
+            metadata = {"input": entry["image"], "query": item["query"], "policy": self.policy_name, "tool": self.tool.name}
+            write_run(out_dir, loaded.rgb, result, masks, metadata)
+        else:
+            entry["error"] = result.error
+
     def run(self) -> list[dict]:
         """Run every item; one item's failure is recorded and the others still run."""
         summary = []
         for index, item in enumerate(self.items):
             name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(str(item["image"])).name)
             entry = {"index": index, "image": name, "query": item.get("query")}
+            out_dir = self.output_dir / f"{index:04d}_{name}"
             try:
-                loaded = read_image(item["image"], item.get("slice"), item.get("window"))
-                agent = Agent(self.tool, self._policy(item, loaded.rgb.shape[:2]), self.prompts, self.max_turns)
-                masks: list[np.ndarray] = []
-                result = agent.run(loaded.rgb, item["query"], on_turn=lambda turn, mask: masks.append(mask))
-                entry.update(status=result.status.value, clicks=len(result.clicks), mask_area=int(result.mask.sum()))
-                if result.status.completed:
-                    metadata = {"input": name, "query": item["query"], "policy": self.policy_name, "tool": self.tool.name}
-                    write_run(self.output_dir / f"{index:04d}_{name}", loaded.rgb, result, masks, metadata)
+                if Path(item["image"]).is_dir():
+                    self._run_dicom(item, out_dir, entry)
                 else:
-                    entry["error"] = result.error
+                    self._run_image(item, out_dir, entry)
             except (ValueError, OSError, KeyError) as error:
                 entry.update(status="failed", error=str(error))
             summary.append(entry)

@@ -1,0 +1,365 @@
+"""Write a 2D result as a DICOM Segmentation (BINARY) with highdicom, and read SEGs back.
+
+The SEG references the exact source instance (and frame) the mask was drawn
+on, carries SNOMED codes per segment and the algorithm that made it, and is
+written atomically beside a JSON side-car holding the agent's trajectory.
+Source quirks the standard lets us repair are repaired on a header copy (an
+empty Specific Character Set, absent Type 2 patient/study attributes); the
+caller's datasets are never modified. highdicom's own warnings can quote the
+patient's name, so they are re-emitted without values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from .. import __version__
+from .codes import SegmentCode, code_for_label
+from .series import values_withheld
+
+if TYPE_CHECKING:
+    from highdicom.seg import Segmentation, SegmentDescription
+
+__all__ = ["SegWriteError", "SegmentInfo", "WrittenSeg", "list_segments", "read_segmentation", "segment_mask",
+           "write_segmentation"]
+
+log = logging.getLogger(__name__)
+
+# Type 2 attributes of the Patient and General Study modules: present, possibly empty.
+_TYPE2 = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS",
+          "StudyDate": "DA", "StudyTime": "TM", "ReferringPhysicianName": "PN", "StudyID": "SH",
+          "AccessionNumber": "SH"}
+# Recommended display colours (RGB), one per segment, cycled.
+_COLOURS = [(34, 139, 34), (220, 20, 60), (30, 144, 255), (255, 165, 0), (148, 0, 211), (0, 206, 209),
+            (255, 215, 0), (139, 69, 19)]
+_PHI_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "ReferringPhysicianName")
+
+
+class SegWriteError(ValueError):
+    """A mask or source that cannot become a valid DICOM-SEG."""
+
+
+@dataclass(frozen=True)
+class WrittenSeg:
+    path: Path
+    sidecar: Path | None
+    sop_instance_uid: str
+    series_instance_uid: str
+    segments: tuple[str, ...]  # the segment labels, segment number = position + 1
+    codes: tuple[SegmentCode, ...]
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    number: int
+    label: str
+    category: str  # CodeMeaning
+    type: str  # CodeMeaning
+    type_code: str  # "SCT 10200004"
+    modifier: str | None
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Temp file in the destination folder, fsync, then os.replace: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; a PACS sender running as another user must read it
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    _write_atomic(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+# ----------------------------------------------------------------------------- source header copy
+
+def _valid_temporal(element) -> bool:
+    """Whether a DA/TM/DT value parses; highdicom refuses to copy one that does not."""
+    from pydicom.valuerep import DA, DT, TM
+
+    parse = {"DA": DA, "TM": TM, "DT": DT}[element.VR]
+    values = element.value if element.VM > 1 else [element.value]
+    try:
+        for value in values:
+            if value not in (None, ""):
+                parse(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _source_header(source: Dataset) -> tuple[Dataset, list[str]]:
+    """A header-only copy highdicom can use, and what was repaired (attribute names only, no values).
+
+    Repairs: an empty Specific Character Set is removed (it means the default
+    repertoire, but highdicom refuses ''); absent Type 2 patient/study
+    attributes are added empty; malformed dates/times are emptied (Type 2
+    allows empty; a malformed one would make the SEG invalid).
+    """
+    header = Dataset()
+    repaired: list[str] = []
+    with values_withheld():
+        for element in source:
+            if element.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                continue
+            if element.VR in ("DA", "TM", "DT") and not _valid_temporal(element):
+                header.add_new(element.tag, element.VR, None)
+                repaired.append(f"{element.keyword or element.tag} was not a valid {element.VR}: left empty")
+                continue
+            header.add(element)
+    header.file_meta = FileMetaDataset(getattr(source, "file_meta", FileMetaDataset()))
+    charset = source.get("SpecificCharacterSet")
+    if "SpecificCharacterSet" in header and (charset is None or charset == "" or charset == []):
+        del header.SpecificCharacterSet
+        repaired.append("SpecificCharacterSet was empty: removed (default repertoire)")
+    for keyword, vr in _TYPE2.items():
+        if keyword not in header:
+            header.add_new(keyword, vr, None)
+            repaired.append(f"{keyword} (Type 2) was absent: added empty")
+    return header, repaired
+
+
+def _phi_values(source: Dataset) -> list[str]:
+    values = [str(source.get(keyword, "") or "") for keyword in _PHI_KEYWORDS]
+    return [v for v in values if len(v) >= 3]
+
+
+def _build_without_phi(build: Callable[[], Dataset], source: Dataset) -> Dataset:
+    """Run highdicom; re-emit its warnings and errors except what quotes a person name or identifier."""
+    with values_withheld() as reading:  # converting the values may itself warn, quoting them
+        values = _phi_values(source)
+
+    def clean(text: str) -> str:
+        for value in values:
+            text = text.replace(value, "<withheld>")
+        return text
+
+    try:
+        with values_withheld(values) as caught:
+            built = build()
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        reason = f"{type(error).__name__}: {clean(str(error))}"
+        raise SegWriteError(f"highdicom refused the segmentation: {reason}") from None
+    for item in [*reading, *caught]:
+        text = str(item.message)
+        if "person name" in text or "Invalid value" in text or any(v in text for v in values):
+            log.info("a patient attribute in the source is not in standard form (value withheld)")
+            continue
+        warnings.warn(f"highdicom: {text}", UserWarning, stacklevel=3)
+    return built
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _as_masks(masks: np.ndarray | Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    stack = np.asarray(masks)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3 or stack.shape[1:] != shape:
+        raise SegWriteError(f"masks must be (H, W) or (S, H, W) with H, W = {shape}; got shape {stack.shape}")
+    if stack.dtype != bool:
+        if not np.isin(stack, (0, 1)).all():
+            raise SegWriteError("masks must be binary (bool or 0/1)")
+        stack = stack.astype(bool)
+    return stack
+
+
+def _description(number: int, label: str, code: SegmentCode, human_clicked: bool) -> SegmentDescription:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(name="ibisagent", family=codes.cid7162.ArtificialIntelligence,
+                                                   version=__version__)
+    kinds = hd.seg.SegmentAlgorithmTypeValues
+    kind = kinds.SEMIAUTOMATIC if human_clicked else kinds.AUTOMATIC
+    colour = hd.color.CIELabColor.from_rgb(*_COLOURS[(number - 1) % len(_COLOURS)])
+    description = hd.seg.SegmentDescription(
+        segment_number=number, segment_label=label[:64], segmented_property_category=code.category,
+        segmented_property_type=code.type, algorithm_type=kind, algorithm_identification=algorithm,
+        tracking_uid=hd.UID(), tracking_id=f"{label[:60]} #{number}", display_color=colour)
+    if code.modifier is not None:
+        type_item = description.SegmentedPropertyTypeCodeSequence[0]
+        modifier = hd.sr.CodedConcept.from_code(code.modifier)
+        type_item.SegmentedPropertyTypeModifierCodeSequence = DicomSequence([modifier])
+    return description
+
+
+def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray | Sequence[np.ndarray],
+                       labels: str | Sequence[str], *, frame_index: int | None = None, human_clicked: bool = False,
+                       trajectory: dict | None = None, content_creator: str = "ibisagent^",
+                       series_description: str = "ibisagent segmentation", series_number: int | None = None,
+                       device_serial_number: str = "1") -> WrittenSeg:
+    """One BINARY SEG for one source slice: a segment per (mask, label), coded by `code_for_label`.
+
+    `source` is the dataset of the slice the masks were drawn on (`DicomSeries.source`);
+    `frame_index` (0-based) selects the frame of a multi-frame source. An all-empty
+    mask is written as an explicit empty frame (a valid "found nothing"). With
+    `trajectory`, a side-car `<name>.json` is written next to the SEG.
+    """
+    import highdicom as hd
+
+    out_path = Path(out_path)
+    shape = (int(source.Rows), int(source.Columns))
+    stack = _as_masks(masks, shape)
+    names = [str(name).strip() for name in ([labels] if isinstance(labels, str) else labels)]
+    if len(names) != stack.shape[0]:
+        raise SegWriteError(f"{stack.shape[0]} mask(s) but {len(names)} label(s)")
+    if not all(names):
+        raise SegWriteError("every segment needs a non-empty label")
+    codes_used = [code_for_label(name) for name in names]
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        if not str(source.get("FrameOfReferenceUID", "") or "").strip():
+            raise SegWriteError(f"the source is a {frames}-frame object without a Frame of Reference (cine or "
+                                "time series): highdicom can only write a SEG for such a source when it has one frame")
+        if frame_index is None or not 0 <= frame_index < frames:
+            raise SegWriteError(f"the source has {frames} frames: pass frame_index in 0..{frames - 1}")
+        pixel_array = np.zeros((frames, *shape, stack.shape[0]), bool)
+        pixel_array[frame_index] = np.moveaxis(stack, 0, -1)
+    elif frame_index not in (None, 0):
+        raise SegWriteError(f"frame_index {frame_index} given for a single-frame source")
+    else:
+        pixel_array = np.moveaxis(stack, 0, -1)[None]  # (1, H, W, S)
+    header, repaired = _source_header(source)
+    for note in repaired:
+        log.info("source header repaired for the SEG: %s", note)
+    descriptions = [_description(i + 1, name, code, human_clicked)
+                    for i, (name, code) in enumerate(zip(names, codes_used, strict=True))]
+    if series_number is None:
+        try:
+            series_number = 1000 + int(source.get("SeriesNumber") or 0)
+        except (TypeError, ValueError):
+            series_number = 1000
+    # Multi-frame sources: keep only the chosen frame, unless everything is empty (then all frames, empty).
+    omit_empty = frames > 1 and bool(stack.any())
+
+    def build() -> Dataset:
+        return hd.seg.Segmentation(
+            source_images=[header], pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=series_number,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="ibisagent",
+            manufacturer_model_name="ibisagent", software_versions=__version__,
+            device_serial_number=device_serial_number, content_label="IBISAGENT",
+            content_description=f"ibisagent segmentation: {', '.join(names)}"[:64],
+            content_creator_name=content_creator, series_description=series_description[:64],
+            omit_empty_frames=omit_empty)
+
+    seg = _build_without_phi(build, source)
+    for keyword, vr in _TYPE2.items():  # highdicom copies what exists; keep Type 2 present when it did not
+        if keyword not in seg:
+            seg.add_new(keyword, vr, None)
+    shared = seg.get("SharedFunctionalGroupsSequence") or [Dataset()]
+    if "PlaneOrientationSequence" not in shared[0] and "PatientOrientation" not in seg:
+        # Without patient geometry (X-ray, photos, stripped headers) General Image needs PatientOrientation (2C).
+        seg.PatientOrientation = source.get("PatientOrientation") or None
+
+    sidecar = None
+    if trajectory is not None:  # first, so a watcher that picks up the .dcm finds its side-car already there
+        sidecar = out_path.with_suffix(".json")
+        _write_json(sidecar, _sidecar(out_path, seg, source, frame_index, stack, names, codes_used, human_clicked,
+                                      trajectory))
+    _write_atomic(out_path, lambda stream: pydicom.dcmwrite(stream, seg, enforce_file_format=True))
+    log.info("wrote SEG %s (%d segment(s))", out_path.name, len(names))
+    return WrittenSeg(out_path, sidecar, str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID), tuple(names),
+                      tuple(codes_used))
+
+
+def _sidecar(out_path: Path, seg: Dataset, source: Dataset, frame_index: int | None, stack: np.ndarray,
+             names: list[str], codes_used: list[SegmentCode], human_clicked: bool, trajectory: dict) -> dict:
+    """What the SEG holds, in JSON, plus the caller's trajectory (no patient attributes)."""
+    segments = [{"number": i + 1, "label": name, "category": c.category.meaning, "type": c.type.meaning,
+                 "type_code": f"{c.type.scheme_designator} {c.type.value}",
+                 "modifier": c.modifier.meaning if c.modifier else None, "known": c.known,
+                 "area_px": int(stack[i].sum())} for i, (name, c) in enumerate(zip(names, codes_used, strict=True))]
+    return {"seg": out_path.name, "sop_instance_uid": str(seg.SOPInstanceUID),
+            "series_instance_uid": str(seg.SeriesInstanceUID), "source_sop_instance_uid": str(source.SOPInstanceUID),
+            "source_frame_index": frame_index, "segments": segments,
+            "algorithm_type": "SEMIAUTOMATIC" if human_clicked else "AUTOMATIC", "ibisagent_version": __version__,
+            "trajectory": trajectory}
+
+
+# ----------------------------------------------------------------------------- reading back
+
+def read_segmentation(path: str | Path) -> Segmentation:
+    """The SEG as a highdicom Segmentation (raises SegWriteError for non-SEG files)."""
+    import highdicom as hd
+
+    try:
+        with values_withheld():  # reading may warn, quoting header values
+            return hd.seg.segread(str(path))
+    except Exception as error:  # highdicom/pydicom raise many types for foreign files
+        raise SegWriteError(f"{Path(path).name}: not a readable DICOM Segmentation ({type(error).__name__})") from None
+
+
+def _spatial_locations_preserved(seg: Segmentation) -> bool:
+    """False only where a frame says the SEG grid differs from its source; absent counts as same grid."""
+    for frame in seg.get("PerFrameFunctionalGroupsSequence", []):
+        for derivation in frame.get("DerivationImageSequence", []):
+            for reference in derivation.get("SourceImageSequence", []):
+                if str(reference.get("SpatialLocationsPreserved", "YES") or "YES") != "YES":
+                    return False
+    return True
+
+
+def segment_mask(seg_or_path: Segmentation | str | Path, source_sop_instance_uid: str, segment_number: int = 1,
+                 frame_number: int | None = None) -> np.ndarray:
+    """(H, W) bool mask of one segment on one source instance (1-based `frame_number` for multi-frame).
+
+    SEGs whose frames omit SpatialLocationsPreserved (dcmqi writes none) are
+    mapped by reference with highdicom's `ignore_spatial_locations=True`; a
+    frame that declares its grid differs from the source is refused.
+    """
+    seg = read_segmentation(seg_or_path) if isinstance(seg_or_path, (str, Path)) else seg_or_path
+    referenced = {uids[2] for uids in seg.get_source_image_uids()}
+    if source_sop_instance_uid not in referenced:
+        raise SegWriteError(f"the SEG does not reference SOPInstanceUID {source_sop_instance_uid}")
+    numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
+    if segment_number not in numbers:
+        raise SegWriteError(f"no segment {segment_number}; the SEG has segments {numbers}")
+    if not _spatial_locations_preserved(seg):
+        raise SegWriteError("the SEG declares its frames are not on the source pixel grid; cannot map them")
+    options = dict(segment_numbers=[segment_number], ignore_spatial_locations=True,
+                   assert_missing_frames_are_empty=True)
+    if frame_number is None:
+        pixels = seg.get_pixels_by_source_instance([source_sop_instance_uid], **options)
+    else:
+        pixels = seg.get_pixels_by_source_frame(source_sop_instance_uid, [frame_number], **options)
+    return pixels[0, :, :, 0] > 0
+
+
+def list_segments(seg_or_path: Segmentation | str | Path) -> list[SegmentInfo]:
+    """Number, label and codes of every segment, as stored."""
+    seg = read_segmentation(seg_or_path) if isinstance(seg_or_path, (str, Path)) else seg_or_path
+    out = []
+    for item in seg.SegmentSequence:
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        type_item = item.SegmentedPropertyTypeCodeSequence[0]
+        modifiers = type_item.get("SegmentedPropertyTypeModifierCodeSequence") or []
+        out.append(SegmentInfo(int(item.SegmentNumber), str(item.get("SegmentLabel", "")), str(category.CodeMeaning),
+                               str(type_item.CodeMeaning), f"{type_item.CodingSchemeDesignator} {type_item.CodeValue}",
+                               str(modifiers[0].CodeMeaning) if modifiers else None))
+    return out
