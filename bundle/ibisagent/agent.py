@@ -8,7 +8,7 @@ trajectory records each turn (text, parsed action, issues, timings).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Callable
 
@@ -59,7 +59,6 @@ class AgentResult:
     answer: str | None = None
     error: str | None = None
     encode_seconds: float = 0.0
-    ious_per_click: list[float] = field(default_factory=list)  # filled by evaluation when a reference exists
 
     def trajectory(self) -> dict:
         """JSON-ready record of the run (no pixels)."""
