@@ -80,6 +80,7 @@ def test_evaluate_command_writes_json(tmp_path, med2d_manifest):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
-    assert set(report) >= {"by_source", "overall", "pairs", "command"} and report["overall"]["n"] == 2
+    assert set(report) >= {"by_source", "overall", "runs", "command"} and report["overall"]["n"] == 2
+    assert len(report["runs"]) == 1 and len(report["runs"][0]["pairs"]) == 2
     assert set(report["overall"]) >= {"iou", "dsc", "f1", "iou_at", "noc85", "noc90", "box_iou", "n"}
     assert "| source |" in done.stdout
