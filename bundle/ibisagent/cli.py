@@ -1,4 +1,4 @@
-"""The `ibis` command: segment, demo, evaluate, export-onnx, bench.
+"""The `ibis` command: segment, segment-dicom, demo, evaluate, export-onnx, bench, train-tool.
 
 Every expected failure (bad input, unknown policy, unreachable server) ends
 with one line `ibis: error: ...` and exit status 2, and writes nothing.
