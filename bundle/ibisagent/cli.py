@@ -50,21 +50,9 @@ def _print_turn(turn, mask) -> None:
           flush=True)
 
 
-def _read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        mask = np.asarray(Image.open(path).convert("L")) > 127
-    except OSError as error:
-        raise CommandError(f"cannot read ground-truth mask {path}: {error}") from None
-    if mask.shape != shape:
-        raise CommandError(f"ground-truth mask {path} is {mask.shape[1]}x{mask.shape[0]}, the image {shape[1]}x{shape[0]}")
-    return mask
-
-
 def _segment(args: argparse.Namespace) -> int:
     from .agent import Agent
-    from .imaging.io import read_image
+    from .imaging.io import read_image, read_mask
     from .outputs import write_run
     from .policies import build_policy
     from .prompting import load_prompts
@@ -74,7 +62,7 @@ def _segment(args: argparse.Namespace) -> int:
         raise CommandError("the query is empty")
     tool_config = parse_tool_spec(args.tool)  # cheap checks before any model loads
     loaded = read_image(args.image, args.slice, args.window)
-    ground_truth = _read_mask(args.ground_truth, loaded.rgb.shape[:2]) if args.ground_truth else None
+    ground_truth = read_mask(args.ground_truth, loaded.rgb.shape[:2]) if args.ground_truth else None
     prompts = load_prompts(args.prompts)
     policy = build_policy(args.policy, **_policy_options(args, ground_truth))
     tool = build_tool(tool_config)
@@ -102,6 +90,7 @@ def _segment(args: argparse.Namespace) -> int:
 def _segment_dicom(args: argparse.Namespace) -> int:
     from .dicom.pipeline import segment_dicom
     from .dicom.series import read_series
+    from .imaging.io import read_mask
     from .policies import build_policy
     from .prompting import load_prompts
     from .tools.factory import build_tool, parse_tool_spec
@@ -110,7 +99,7 @@ def _segment_dicom(args: argparse.Namespace) -> int:
         raise CommandError("the query is empty")
     tool_config = parse_tool_spec(args.tool)
     series = read_series(args.series_dir, args.slice, args.series_uid, args.window)  # input errors before models load
-    ground_truth = _read_mask(args.ground_truth, series.rgb.shape[:2]) if args.ground_truth else None
+    ground_truth = read_mask(args.ground_truth, series.rgb.shape[:2]) if args.ground_truth else None
     prompts = load_prompts(args.prompts)
     policy = build_policy(args.policy, **_policy_options(args, ground_truth))
     tool = build_tool(tool_config)
@@ -219,6 +208,15 @@ def _train_tool(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_input_options(parser: argparse.ArgumentParser, slice_help: str) -> None:
+    """What `segment` and `segment-dicom` share: the query, the output and how the slice is shown."""
+    parser.add_argument("--query", required=True)
+    parser.add_argument("--out", default="out")
+    parser.add_argument("--slice", type=int, help=slice_help)
+    parser.add_argument("--window", help="abdomen | lung | bone | brain | percentile")
+    parser.add_argument("--ground-truth", help="oracle: the reference mask of the image or slice (PNG)")
+
+
 def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_repeats: bool = False) -> None:
     from .policies import POLICY_NAMES
 
@@ -244,24 +242,16 @@ def _parser() -> argparse.ArgumentParser:
 
     segment = commands.add_parser("segment", help="segment one image")
     segment.add_argument("image", help="PNG/JPEG, a DICOM file or a NIfTI volume")
-    segment.add_argument("--query", required=True)
-    segment.add_argument("--out", default="out")
-    segment.add_argument("--slice", type=int, help="slice index for multi-slice inputs")
-    segment.add_argument("--window", help="abdomen | lung | bone | brain | percentile")
-    segment.add_argument("--ground-truth", help="oracle: the reference mask (PNG, image size)")
+    _add_input_options(segment, "slice index for multi-slice inputs")
     segment.add_argument("--history", action="store_true", help="send the whole chat, not only the current turn")
     _add_run_options(segment, "oracle")
     segment.set_defaults(handler=_segment)
 
     dicom = commands.add_parser("segment-dicom", help="segment one slice of a DICOM series; write a DICOM-SEG")
     dicom.add_argument("series_dir", help="a folder holding one DICOM series (or choose one with --series-uid)")
-    dicom.add_argument("--query", required=True)
-    dicom.add_argument("--out", default="out")
-    dicom.add_argument("--slice", type=int, help="slice index (0 = lowest along the slice normal)")
+    _add_input_options(dicom, "slice index (0 = lowest along the slice normal)")
     dicom.add_argument("--label", help="the target's label for the SEG's codes, e.g. liver (default: generic 'target')")
     dicom.add_argument("--series-uid", help="pick one series when the folder holds several")
-    dicom.add_argument("--window", help="abdomen | lung | bone | brain | percentile")
-    dicom.add_argument("--ground-truth", help="oracle: the reference mask of the slice (PNG)")
     _add_run_options(dicom, "oracle")
     dicom.set_defaults(handler=_segment_dicom)
 

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .agent import Agent
+from .imaging.io import read_mask
 from .metrics import boundary_f1, bounding_box, dice, iou, noc
 from .policies.base import Policy
 from .prompting import PromptSet
@@ -72,13 +73,6 @@ def choose_query(pair: Pair, queries: dict | None, kind: QueryKind) -> str | Non
     return questions[key % len(questions)] if questions else None
 
 
-def _load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    mask = np.asarray(Image.open(path).convert("L")) > 127
-    if mask.shape != shape:
-        raise ValueError(f"mask {path.name} is {mask.shape}, its image {shape}")
-    return mask
-
-
 def evaluate(pairs: Iterable[Pair], tool: SegmentationTool, make_policy: Callable[[np.ndarray], Policy],
              queries: dict | None = None, query_kind: QueryKind = "referring", prompts: PromptSet | None = None,
              max_turns: int = 20, progress: Callable[[int, int, dict], None] | None = None) -> list[dict]:
@@ -91,7 +85,7 @@ def evaluate(pairs: Iterable[Pair], tool: SegmentationTool, make_policy: Callabl
         if query is None:
             continue
         image = np.asarray(Image.open(pair.image).convert("RGB"))
-        target = _load_mask(pair.mask, image.shape[:2])
+        target = read_mask(pair.mask, image.shape[:2])
         if cached_image != pair.image:
             embedding, cached_image = tool.encode(image), pair.image
         click_ious: list[float] = []

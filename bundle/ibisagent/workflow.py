@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .agent import Agent
-from .imaging.io import read_image
+from .imaging.io import read_image, read_mask
 from .outputs import write_json_atomic, write_run
 from .policies import build_policy
 from .prompting import load_prompts
@@ -50,14 +50,9 @@ class AgentWorkflow:
     def _policy(self, item: dict, shape: tuple[int, int]):
         if self.policy_name != "oracle":
             return build_policy(self.policy_name, **self.policy_options)
-        from PIL import Image
-
         if not item.get("label"):
             raise ValueError(f"the oracle policy needs a 'label' mask for {Path(item['image']).name}")
-        reference = np.asarray(Image.open(item["label"]).convert("L")) > 127
-        if reference.shape != shape:
-            raise ValueError(f"label {Path(item['label']).name} does not match its image size")
-        return build_policy("oracle", ground_truth=reference, target_iou=self.target_iou)
+        return build_policy("oracle", ground_truth=read_mask(item["label"], shape), target_iou=self.target_iou)
 
     def _run_dicom(self, item: dict, out_dir: Path, entry: dict) -> None:
         """A DICOM series folder: the chosen slice through the agent, a DICOM-SEG out."""

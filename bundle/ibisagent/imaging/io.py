@@ -13,7 +13,7 @@ import numpy as np
 
 from .windowing import to_display
 
-__all__ = ["ImageReadError", "LoadedImage", "read_image"]
+__all__ = ["ImageReadError", "LoadedImage", "read_image", "read_mask"]
 
 _RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -129,3 +129,18 @@ def read_image(path: str | Path, slice_index: int | None = None, window: str | N
     if path.suffix.lower() in _RASTER_SUFFIXES:
         return _read_raster(path)
     return _read_dicom(path, slice_index, window)
+
+
+def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A binary mask image (grey > 127 is inside), optionally checked against its image's (rows, cols)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            mask = np.asarray(image.convert("L")) > 127
+    except (UnidentifiedImageError, OSError) as error:
+        raise ImageReadError(f"cannot read mask {path}: {error}") from None
+    if shape is not None and mask.shape != tuple(shape):
+        raise ImageReadError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, the image {shape[1]}x{shape[0]}")
+    return mask

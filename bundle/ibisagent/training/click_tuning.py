@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from ..evaluation import Pair, read_manifest
+from ..imaging.io import read_mask
 from ..imaging.transform import Frame, ImageTransform
 from ..tools.base import LABEL_BOX_END, LABEL_BOX_START, LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE
 from ..tools.onnx_export import export_onnx
@@ -71,7 +71,7 @@ def _samples(pairs: list[Pair], input_size: int, limit: int | None) -> list[Samp
     pairs = sorted(pairs, key=lambda p: (str(p.image), p.label))[:limit]
     samples = []
     for pair in pairs:
-        mask = np.asarray(Image.open(pair.mask).convert("L")) > 127
+        mask = read_mask(pair.mask)
         target = Frame(mask.shape[0], mask.shape[1], input_size).mask_to_input(mask)
         if target.any():
             samples.append(Sample(pair.image, target, pair.source))
@@ -135,10 +135,11 @@ def _click_rollout(decoder: PromptDecoder, features: torch.Tensor, targets: torc
     mask_input = torch.zeros(batch, 1, side, side)
     has_mask = torch.zeros(batch)
     ious = []
+    # Without a generator (validation) every click is the exact simulator's.
+    sampler, exact = (rng, exact_probability) if rng is not None else (np.random.default_rng(0), 1.0)
     for _ in range(steps):
         for index in range(batch):
-            click = sample_click(predictions[index], target_masks[index], rng or np.random.default_rng(0),
-                                 exact_probability if rng is not None else 1.0)
+            click = sample_click(predictions[index], target_masks[index], sampler, exact)
             if click is not None:
                 row, col, positive = click
                 points[index].append((float(col), float(row), LABEL_POSITIVE if positive else LABEL_NEGATIVE))
