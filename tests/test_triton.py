@@ -1,0 +1,240 @@
+"""A real tritonserver (the nvidia-pytriton wheel's, in .venv-triton) serving triton_models/, started by the
+same module `ibis serve` uses; the agent runs through it and must match the in-process run exactly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ibisagent.agent import Agent, RunStatus
+from ibisagent.policies import build_policy
+
+pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient[grpc]) is not installed")
+
+from ibisagent.serving.environment import ServerError, find_triton  # noqa: E402
+from ibisagent.serving.repository import SAM_MODELS, prepare_repository  # noqa: E402
+from ibisagent.serving.server import TritonServer  # noqa: E402
+from ibisagent.serving.triton_tool import ServerEmbedding, TritonSamTool  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER_ENV = REPO / ".venv-triton"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+@pytest.fixture(scope="session")
+def triton_install():
+    try:
+        return find_triton(SERVER_ENV)
+    except ServerError as error:
+        pytest.skip(f"no Triton server here: {error}")
+
+
+def copy_models(names: tuple[str, ...], target: Path) -> Path:
+    """The repository's model folders (config and code, no weights) in a scratch repository."""
+    for name in names:
+        shutil.copytree(REPO / "triton_models" / name, target / name,
+                        ignore=shutil.ignore_patterns("*.onnx", "tool.json", "__pycache__"))
+    return target
+
+
+@pytest.fixture(scope="session")
+def sam_repository(tmp_path_factory, onnx_dir) -> Path:
+    """triton_models' sam models holding the very graphs the in-process ONNX tool runs (conftest's onnx_dir)."""
+    repository = copy_models(SAM_MODELS, tmp_path_factory.mktemp("repo") / "triton_models")
+    assert prepare_repository(repository, f"onnx:{onnx_dir}")
+    return repository
+
+
+def start_server(repository: Path, install, models=SAM_MODELS, env=None, log=None) -> TritonServer:
+    grpc_port, http_port, metrics_port = free_ports(3)
+    lines = log if log is not None else []
+    return TritonServer(repository, models, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
+                        install=install, env=env, log=lines.append).start()
+
+
+@pytest.fixture(scope="module")
+def sam_server(sam_repository, triton_install):
+    server = start_server(sam_repository, triton_install)
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def own_server(sam_repository, triton_install):
+    """A server this test may kill or change."""
+    server = start_server(sam_repository, triton_install)
+    yield server
+    server.stop()
+
+
+def run_oracle(tool, image, reference, max_turns=6, embedding=None):
+    return Agent(tool, build_policy("oracle", ground_truth=reference, target_iou=0.99), max_turns=max_turns).run(
+        image, "Segment the target.", embedding=embedding)
+
+
+def assert_same_run(served, local):
+    assert served.status is local.status and served.error is None
+    assert [t.action for t in served.turns] == [t.action for t in local.turns]
+    assert [t.predicted_iou for t in served.turns] == [t.predicted_iou for t in local.turns]
+    assert np.array_equal(served.mask, local.mask) and served.mask.any()
+
+
+def test_agent_through_triton_gives_the_in_process_masks(sam_server, onnx_dir, demo_image, demo_reference,
+                                                         real_pairs):
+    from ibisagent.imaging.io import read_image, read_mask
+    from ibisagent.tools.onnx_tool import OnnxSamTool
+
+    local, served = OnnxSamTool(onnx_dir), TritonSamTool(sam_server.grpc_url)
+    cases = [(demo_image, demo_reference)]
+    for pair in real_pairs[::4][:2]:  # a real ultrasound/endoscopy/... image or two from ../shared/data
+        image = read_image(pair.image).rgb
+        cases.append((image, read_mask(pair.mask, image.shape[:2])))
+    for image, reference in cases:
+        expected = run_oracle(local, image, reference)
+        assert len(expected.clicks) >= 2  # several clicks: previous logits travel too
+        assert_same_run(run_oracle(served, image, reference), expected)
+
+
+def test_embedding_stays_on_the_server_and_travelling_gives_the_same_mask(sam_server, onnx_dir, demo_image,
+                                                                          demo_reference):
+    resident, travelling = TritonSamTool(sam_server.grpc_url), TritonSamTool(sam_server.grpc_url, resident=False)
+    runs = {}
+    for name, tool in (("resident", resident), ("travelling", travelling)):
+        embedding = tool.encode(demo_image)
+        sent = tool.caller.bytes_sent
+        result = run_oracle(tool, demo_image, demo_reference, max_turns=4, embedding=embedding)
+        runs[name] = (embedding.features, result, (tool.caller.bytes_sent - sent) / len(result.clicks))
+    (handle, resident_run, resident_up), (array, travelling_run, travelling_up) = runs["resident"], runs["travelling"]
+    assert isinstance(handle, ServerEmbedding) and handle.shape == (1, 256, 64, 64)
+    assert isinstance(array, np.ndarray) and array.shape == (1, 256, 64, 64)
+    assert np.array_equal(resident_run.mask, travelling_run.mask)
+    assert resident_up < 300_000 < 4 * 2**20 < travelling_up  # per click: prompts + previous logits vs + embedding
+
+
+def test_an_embedding_the_server_lost_is_encoded_again(sam_server, demo_image):
+    from ibisagent.tools.base import Click
+
+    tool = TritonSamTool(sam_server.grpc_url)
+    embedding = tool.encode(demo_image)
+    expected = tool.predict(embedding, [Click(0.3, 0.5, True)])
+    lost = ServerEmbedding("0" * 32, embedding.features.shape, embedding.features.model_input)
+    again = tool.predict(type(embedding)(lost, embedding.frame), [Click(0.3, 0.5, True)])
+    assert np.array_equal(again.mask, expected.mask)
+    with pytest.raises(ServerError, match=f"{sam_server.grpc_url}, model sam_decoder: embedding not resident"):
+        tool.caller.infer("sam_decoder", {"image_key": np.array([[b"1" * 32]], dtype=np.object_),
+                                          "point_coords": np.zeros((1, 1, 2), np.float32),
+                                          "point_labels": np.ones((1, 1), np.float32)}, ["iou_predictions"])
+
+
+def test_the_tool_spec_and_concurrent_sessions(sam_server, demo_image, demo_reference):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ibisagent.tools.factory import build_tool
+
+    tool = build_tool(f"triton:{sam_server.grpc_url}")
+    assert tool.name == f"triton:{sam_server.grpc_url}"
+    expected = run_oracle(tool, demo_image, demo_reference, max_turns=3)
+    with ThreadPoolExecutor(4) as pool:  # four sessions at once share the server (and the resident embedding)
+        results = list(pool.map(lambda _: run_oracle(tool, demo_image, demo_reference, max_turns=3), range(4)))
+    for result in results:
+        assert_same_run(result, expected)
+
+
+# Faults: every one ends with an error naming server and model, within the timeouts, with nothing half-done.
+
+def test_no_server_is_a_bounded_clear_error():
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    started = time.monotonic()
+    with pytest.raises(ServerError, match=f"Triton at {address}, model sam_encoder: "):
+        TritonSamTool(address, timeout=2, retries=1)
+    assert time.monotonic() - started < 10
+
+
+def test_a_server_that_never_answers_times_out():
+    with socket.socket() as silent:  # accepts connections, never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(ServerError, match=f"Triton at {address}, model sam_encoder"):
+            TritonSamTool(address, timeout=1.5, retries=1)
+        assert time.monotonic() - started < 10
+
+
+def test_unknown_model_is_named(sam_server):
+    with pytest.raises(ServerError, match=f"Triton at {sam_server.grpc_url}, model sam_nope: not ready"):
+        TritonSamTool(sam_server.grpc_url, encoder_model="sam_nope")
+
+
+def test_server_killed_mid_session_ends_the_run_with_a_tool_error(own_server, demo_image, demo_reference):
+    tool = TritonSamTool(own_server.grpc_url, timeout=5, retries=1)
+    embedding = tool.encode(demo_image)
+    os.killpg(own_server.process.pid, signal.SIGKILL)  # tritonserver and its python-backend stubs, at once
+    own_server.process.wait()
+    started = time.monotonic()
+    result = Agent(tool, build_policy("oracle", ground_truth=demo_reference)).run(
+        demo_image, "Segment the liver.", embedding=embedding)
+    assert time.monotonic() - started < 15
+    assert result.status is RunStatus.TOOL_ERROR and not result.status.completed
+    assert f"Triton at {own_server.grpc_url}, model sam_decoder" in result.error
+    assert not result.mask.any() and result.clicks == []  # no mask from the failed step
+
+
+def test_model_unloaded_mid_session_is_named(own_server, demo_image, demo_reference):
+    from ibisagent.tools.base import Click
+
+    tool = TritonSamTool(own_server.grpc_url, timeout=5, retries=0)
+    embedding = tool.encode(demo_image)
+    tool.caller.client.unload_model("sam_decoder")
+    with pytest.raises(ServerError, match=f"Triton at {own_server.grpc_url}, model sam_decoder: .*unknown model"):
+        tool.predict(embedding, [Click(0.4, 0.5, True)])
+
+
+def test_cli_segment_through_a_dead_server_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.run(
+        [sys.executable, "-m", "ibisagent.cli", "demo", "--tool", f"triton:127.0.0.1:{free_ports(1)[0]}",
+         "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2 and not out.exists()
+    assert process.stderr.strip().splitlines()[-1].startswith("ibis: error: Triton at 127.0.0.1:")
+
+
+def test_ibis_serve_starts_answers_and_stops_on_sigint(sam_repository, triton_install, demo_image):
+    grpc_port, http_port, metrics_port = free_ports(3)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ibisagent.cli", "serve", "--repository", str(sam_repository),
+         "--server-env", str(SERVER_ENV), "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+         "--metrics-port", str(metrics_port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = process.stdout.readline()
+        assert ready.startswith(f"ready: Triton at 127.0.0.1:{grpc_port}"), ready + process.stderr.read()[-2000:]
+        tool = TritonSamTool(f"127.0.0.1:{grpc_port}")
+        assert tool.encode(demo_image).features.shape == (1, 256, 64, 64)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        log = process.stderr.read()
+        assert "successfully unloaded 'sam_decoder'" in log  # the server's log was forwarded
+        with pytest.raises(ServerError):
+            TritonSamTool(f"127.0.0.1:{grpc_port}", timeout=2, retries=0)
+    finally:
+        if process.poll() is None:
+            process.kill()
