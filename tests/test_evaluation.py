@@ -42,7 +42,7 @@ def test_click_simulator_clicks_the_centre_of_the_larger_error():
 
 def test_summary_is_unweighted_over_sources():
     def record(source, value):
-        return {"source": source, "iou": value, "dsc": value, "f1": value, "iou_at": {k: value for k in "1 3 5 10".split()},
+        return {"source": source, "clicks": 3, "iou": value, "dsc": value, "f1": value, "iou_at": {k: value for k in "1 3 5 10".split()},
                 "noc85": 1, "noc90": 2, "box_iou": value}
 
     summary = summarise([record("big", 1.0)] * 9 + [record("small", 0.0)])

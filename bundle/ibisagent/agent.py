@@ -122,7 +122,7 @@ class Agent:
             view = image if index == 0 else overlay_mask(image, result.mask)
             user = self._user_message(view, query, index)
             conversation = messages + [user] if self.history else [messages[0], user]
-            observation = Observation(image, view, result.mask, query, index)
+            observation = Observation(image, view, result.mask, query, index, tuple(result.clicks), embedding)
 
             started = time.perf_counter()
             try:

@@ -1,4 +1,4 @@
-"""The `ibis` command: segment, segment-dicom, demo, evaluate, export-onnx, bench, train-tool.
+"""The `ibis` command: segment, segment-dicom, demo, evaluate, export-onnx, serve, bench, train-tool.
 
 Every expected failure (bad input, unknown policy, unreachable server) ends
 with one line `ibis: error: ...` and exit status 2, and writes nothing.
@@ -7,6 +7,7 @@ with one line `ibis: error: ...` and exit status 2, and writes nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -23,19 +24,22 @@ class CommandError(Exception):
     """A failure to report in one line."""
 
 
-def _policy_options(args: argparse.Namespace, ground_truth: np.ndarray | None) -> dict:
-    if args.policy == "oracle":
+def _policy_options(args: argparse.Namespace, ground_truth: np.ndarray | None, name: str | None = None) -> dict:
+    name = name or args.policy
+    if name in ("lite", "lite-one-click"):
+        return {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    if name == "oracle":
         return {"ground_truth": ground_truth, "target_iou": args.target_iou}
-    if args.policy == "scripted":
+    if name == "scripted":
         if not args.responses:
             raise CommandError("the scripted policy needs --responses FILE (one answer per line)")
         lines = Path(args.responses).read_text().splitlines()
         return {"responses": [line.replace("\\n", "\n") for line in lines if line.strip()]}
-    if args.policy == "hf":
+    if name == "hf":
         if not args.model_path:
             raise CommandError("the hf policy needs --model-path DIR")
         return {"model_path": args.model_path}
-    if args.policy == "openai":
+    if name == "openai":
         if not (args.base_url and args.model):
             raise CommandError("the openai policy needs --base-url URL and --model NAME")
         return {"base_url": args.base_url, "model": args.model, "timeout": args.timeout}
@@ -130,41 +134,66 @@ def _demo(args: argparse.Namespace) -> int:
     return _segment(args)
 
 
+def _select_pairs(pairs: list, per_source: int | None, limit: int | None) -> list:
+    """At most `per_source` pairs of each source (in a fixed order), then at most `limit` in all."""
+    if per_source:
+        by_source: dict[str, list] = {}
+        for pair in sorted(pairs, key=lambda p: (str(p.image), p.label)):
+            by_source.setdefault(pair.source, []).append(pair)
+        pairs = [pair for group in by_source.values() for pair in group[:per_source]]
+    return pairs[:limit] if limit else pairs
+
+
+def _trajectories(args: argparse.Namespace) -> int:
+    from .evaluation import load_queries, read_manifest
+    from .tools.factory import build_tool
+    from .training.embedding_cache import EmbeddingCache
+    from .training.trajectories import TrajectoryConfig, write_trajectories
+
+    config = TrajectoryConfig(args.target_iou, args.max_steps, tuple(args.query_kind))
+    pairs = _select_pairs(read_manifest(args.manifest, args.split), args.per_source, args.limit)
+    if not pairs:
+        raise CommandError(f"no pairs in split {args.split!r} of {args.manifest}")
+    tool = build_tool(args.tool)
+    cache = EmbeddingCache(args.cache_dir, tool) if args.cache_dir else None
+    counts = write_trajectories(pairs, tool, args.out, load_queries(args.queries), config, cache)
+    print(json.dumps({"out": args.out, **counts}))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, load_queries, markdown_table, read_manifest, summarise
+    from .evaluation import evaluate_policies, load_queries, markdown_table, read_manifest, summarise
     from .outputs import write_json_atomic
     from .policies import build_policy
     from .prompting import load_prompts
     from .tools.factory import build_tool
 
-    pairs = read_manifest(args.manifest, args.split)
-    if args.per_source:
-        by_source: dict[str, list] = {}
-        for pair in sorted(pairs, key=lambda p: (str(p.image), p.label)):
-            by_source.setdefault(pair.source, []).append(pair)
-        pairs = [pair for group in by_source.values() for pair in group[: args.per_source]]
-    if args.limit:
-        pairs = pairs[: args.limit]
+    pairs = _select_pairs(read_manifest(args.manifest, args.split), args.per_source, args.limit)
     queries = load_queries(args.queries)
     prompts = load_prompts(args.prompts)
-    shared = None if args.policy == "oracle" else build_policy(args.policy, **_policy_options(args, None))
+    names = list(dict.fromkeys([args.policy, *(args.compare or [])]))
+    shared = {name: build_policy(name, **_policy_options(args, None, name)) for name in names if name != "oracle"}
 
-    def make_policy(ground_truth):
-        if shared is not None:
-            return shared
-        return build_policy("oracle", ground_truth=ground_truth, target_iou=args.target_iou)
+    def policy_maker(name: str):
+        def make_policy(ground_truth):
+            if name in shared:
+                return shared[name]
+            return build_policy("oracle", ground_truth=ground_truth, target_iou=args.target_iou)
+        return make_policy
 
     def progress(done, total, record):
-        print(f"[{done}/{total}] {record['source']} {record['label']}: IoU {record['iou']:.3f} "
+        print(f"[{done}/{total}] {record['policy']} {record['source']} {record['label']}: IoU {record['iou']:.3f} "
               f"({record['clicks']} clicks, {record['status']})", file=sys.stderr, flush=True)
 
     runs = []
     for spec in args.tool or ["lite-medsam"]:
         tool = build_tool(spec)
-        records = evaluate(pairs, tool, make_policy, queries, args.query_kind, prompts, args.max_turns, progress)
-        runs.append({"tool": tool.name, "tool_spec": spec, **summarise(records), "pairs": records})
-        print(f"\n{tool.name} ({spec}), policy {args.policy}, split {args.split}, {args.query_kind} queries\n")
-        print(markdown_table(runs[-1]))
+        by_policy = evaluate_policies(pairs, tool, {name: policy_maker(name) for name in names}, queries,
+                                      args.query_kind, prompts, args.max_turns, progress)
+        for name, records in by_policy.items():
+            runs.append({"tool": tool.name, "tool_spec": spec, "policy": name, **summarise(records), "pairs": records})
+            print(f"\n{tool.name} ({spec}), policy {name}, split {args.split}, {args.query_kind} queries\n")
+            print(markdown_table(runs[-1]))
     report = {"command": " ".join(["ibis", *sys.argv[1:]]), "policy": args.policy, "split": args.split,
               "query_kind": args.query_kind, **{k: runs[0][k] for k in ("tool", "by_source", "overall")},
               "runs": runs}
@@ -208,6 +237,47 @@ def _train_tool(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_lite(args: argparse.Namespace) -> int:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(args.config)
+    overrides = {"manifest": args.manifest, "lite_training#out_dir": args.out,
+                 "lite_training#stages": args.stages, "lite_training#resume": True if args.resume else None}
+    for key, value in overrides.items():
+        if value is not None:
+            parser[key] = value
+    parser.get_parsed_content("run")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Start Triton on the model repository, print one ready line, serve until SIGINT/SIGTERM."""
+    from .serving.environment import find_triton, setup_server_env
+    from .serving.repository import MLLM_MODEL, SAM_MODELS, prepare_repository
+    from .serving.server import TritonServer, serve_until_signal
+
+    if args.setup:
+        print(f"server environment: {setup_server_env(args.server_env)}", flush=True)
+    if prepare_repository(args.repository, args.tool, force=args.export):
+        print(f"exported {args.tool} into {args.repository}", flush=True)
+    if args.setup:
+        return 0
+    models = args.model or [*SAM_MODELS, *([MLLM_MODEL] if args.mllm_path else [])]
+    env = {"IBIS_MLLM_PATH": str(Path(args.mllm_path).absolute())} if args.mllm_path else {}
+    server = TritonServer(args.repository, models, host=args.host, grpc_port=args.grpc_port,
+                          http_port=args.http_port, metrics_port=args.metrics_port,
+                          install=find_triton(args.server_env), env=env)
+    try:
+        server.start(args.start_timeout)
+    except KeyboardInterrupt:
+        return 130
+    print(f"ready: Triton at {server.grpc_url} (gRPC), models {', '.join(models)}; "
+          f"use --server {server.grpc_url}", flush=True)
+    serve_until_signal(server)
+    return 0
+
+
 def _add_input_options(parser: argparse.ArgumentParser, slice_help: str) -> None:
     """What `segment` and `segment-dicom` share: the query, the output and how the slice is shown."""
     parser.add_argument("--query", required=True)
@@ -221,6 +291,7 @@ def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_
     from .policies import POLICY_NAMES
 
     parser.add_argument("--policy", default=policy_default, choices=POLICY_NAMES)
+    parser.add_argument("--checkpoint", help="lite: a policy checkpoint (default: the shipped IBIS-lite)")
     tool_help = "lite-medsam | lite-medsam-base | onnx:DIR | sam:vit_b:CKPT | medsam:CKPT"
     if tool_repeats:
         parser.add_argument("--tool", action="append", help=tool_help + " (repeat to compare tools in one run)")
@@ -237,6 +308,8 @@ def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .policies import POLICY_NAMES
+
     parser = argparse.ArgumentParser(prog="ibis", description="Agentic medical image segmentation (IBISAgent).")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -269,8 +342,25 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="at most N pairs")
     evaluate.add_argument("--per-source", type=int, help="at most N pairs per source")
     evaluate.add_argument("--json", help="write the full report here")
+    evaluate.add_argument("--compare", action="append", choices=POLICY_NAMES,
+                          help="also run this policy on the same pairs and embeddings (repeatable), e.g. oracle")
     _add_run_options(evaluate, "oracle", tool_repeats=True)
     evaluate.set_defaults(handler=_evaluate)
+
+    trajectories = commands.add_parser("trajectories", help="simulated click trajectories (policy training data)")
+    trajectories.add_argument("--manifest", required=True)
+    trajectories.add_argument("--split", default="train")
+    trajectories.add_argument("--out", required=True, help="JSON-lines file to write")
+    trajectories.add_argument("--queries", help="queries.json (default: 'Segment the {label}.' only)")
+    trajectories.add_argument("--query-kind", nargs="+", choices=("referring", "reasoning"),
+                              default=["referring", "reasoning"], help="one record per pair and kind")
+    trajectories.add_argument("--tool", default="lite-medsam")
+    trajectories.add_argument("--target-iou", type=float, default=0.9, help="stop a trajectory at this IoU")
+    trajectories.add_argument("--max-steps", type=int, default=10)
+    trajectories.add_argument("--per-source", type=int, help="at most N pairs per source")
+    trajectories.add_argument("--limit", type=int, help="at most N pairs")
+    trajectories.add_argument("--cache-dir", help="reuse image embeddings cached here (see train-tool)")
+    trajectories.set_defaults(handler=_trajectories)
 
     export = commands.add_parser("export-onnx", help="export the tool to ONNX")
     export.add_argument("--tool", default="lite-medsam")
@@ -287,6 +377,31 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     train.set_defaults(handler=_train_tool)
 
+    serve = commands.add_parser("serve", help="serve the tool (and an MLLM policy) on Triton Inference Server")
+    serve.add_argument("--repository", default="triton_models", help="the Triton model repository")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--model", action="append", help="load only these models (repeat); default: the sam "
+                       "models, and ibis_mllm with --mllm-path")
+    serve.add_argument("--mllm-path", help="a local Qwen2.5-VL checkpoint for ibis_mllm ($IBIS_MLLM_PATH)")
+    serve.add_argument("--tool", default="lite-medsam", help="what to export into the repository when its ONNX "
+                       "graphs are absent: a torch tool spec, or onnx:DIR")
+    serve.add_argument("--export", action="store_true", help="export the graphs again")
+    serve.add_argument("--server-env", help="the server's Python environment (default $IBIS_TRITON_ENV or .venv-triton)")
+    serve.add_argument("--setup", action="store_true", help="create the server environment and the graphs, then exit")
+    serve.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    serve.set_defaults(handler=_serve)
+
+    lite = commands.add_parser("train-lite", help="train the IBIS-lite policy (SFT, then GRPO)")
+    lite.add_argument("--config", default="configs/train_lite.yaml")
+    lite.add_argument("--manifest", help="override the config's manifest")
+    lite.add_argument("--out", help="override the output folder")
+    lite.add_argument("--stages", nargs="+", choices=("sft", "grpo"), help="run only these stages")
+    lite.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    lite.set_defaults(handler=_train_lite)
+
     bench = commands.add_parser("bench", help="encoder and decoder latency, torch vs onnxruntime")
     bench.add_argument("--tool", default="lite-medsam")
     bench.add_argument("--runs", type=int, default=20)
@@ -301,10 +416,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     from .imaging.io import ImageReadError
     from .policies import PolicyError
+    from .serving.environment import ServerError
 
     try:
         return args.handler(args)
-    except (CommandError, ImageReadError, PolicyError, ValueError, OSError) as error:
+    except (CommandError, ImageReadError, PolicyError, ServerError, ValueError, OSError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"ibis: error: {message}", file=sys.stderr)
         return 2

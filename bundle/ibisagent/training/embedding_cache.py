@@ -1,8 +1,10 @@
 """Image embeddings computed once and kept on disk: the encoder is frozen during decoder training.
 
 Entries are float16 `.npy` files keyed by the image file (path, size, mtime)
-and the encoder's identity, written atomically, so a rerun or a resumed
-training reuses them and a changed image or encoder never reads a stale one.
+and the encoder's identity (`SegmentationTool.encoder_key`: encoder and
+preprocessing, not backend or decoder), written atomically, so a rerun, a
+resumed training or another stage reuses them and a changed image or encoder
+never reads a stale one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..tools.base import SegmentationTool
+from ..imaging.transform import Frame
+from ..tools.base import ImageEmbedding, SegmentationTool
 
 __all__ = ["EmbeddingCache"]
 
@@ -23,7 +26,7 @@ __all__ = ["EmbeddingCache"]
 class EmbeddingCache:
     def __init__(self, directory: str | Path, tool: SegmentationTool):
         self.tool = tool
-        self.directory = Path(directory) / hashlib.sha1(tool.name.encode()).hexdigest()[:12]
+        self.directory = Path(directory).expanduser() / hashlib.sha1(tool.encoder_key.encode()).hexdigest()[:12]
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, image_path: Path) -> Path:
@@ -44,3 +47,11 @@ class EmbeddingCache:
             np.save(stream, features)
         os.replace(temporary, path)
         return features
+
+    def embedding(self, image_path: str | Path) -> ImageEmbedding:
+        """The cached embedding with its frame, ready for the tool's `predict`."""
+        features = self.get(image_path)
+        with Image.open(image_path) as image:
+            width, height = image.size
+        frame = Frame(height, width, self.tool.transform.input_size)
+        return ImageEmbedding(features[None].astype(np.float32), frame)

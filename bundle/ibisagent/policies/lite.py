@@ -1,0 +1,119 @@
+"""IBIS-lite as an agent policy: reads the tool's embedding, answers in the protocol's text.
+
+The network (`lite_model`) picks the action; the `<think>` text says, from
+the same quantities, what it saw and why: how much of the image the mask
+covers, where the chosen click goes and how sure the policy is. The weights
+ship in `ibisagent.models` and were trained on LiteMedSAM's image
+embeddings, so the policy refuses a tool whose encoder differs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..protocol import Action, format_response
+from .base import Message, Observation, Policy, PolicyError
+from .lite_model import (LiteConfig, LitePolicyNet, PolicyState, action_distribution, decode_action, pool_embedding,
+                         state_tensors, valid_region)
+from .query_encoder import QueryEncoder
+
+__all__ = ["LitePolicy", "load_lite_checkpoint", "shipped_lite_policy", "rationale", "LITE_FORMAT"]
+
+LITE_FORMAT = "ibisagent-lite-policy/1"
+LITE_POLICY_NAME = "lite_policy.pt"
+
+
+@lru_cache(maxsize=1)
+def _shared_query_encoder() -> QueryEncoder:
+    """One sentence encoder per process: policies (e.g. lite and its one-click variant) share it."""
+    return QueryEncoder()
+
+
+def shipped_lite_policy() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("ibisagent.models").joinpath(LITE_POLICY_NAME)))
+
+
+def load_lite_checkpoint(path: str | Path) -> tuple[LitePolicyNet, dict]:
+    """The network and the checkpoint's metadata; a foreign or broken file is a clear error."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError) as error:
+        raise ValueError(f"cannot read lite policy {path}: {error}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != LITE_FORMAT:
+        raise ValueError(f"{path} is not an IBIS-lite policy checkpoint (format {LITE_FORMAT})")
+    config = LiteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["config"].items()})
+    network = LitePolicyNet(config)
+    network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+    return network.eval(), {k: v for k, v in checkpoint.items() if k not in ("state_dict",)}
+
+
+def rationale(query: str, mask_fraction: float, n_clicks: int, kind: str, x: float, y: float,
+              probability: float) -> str:
+    """The `<think>` text: what the policy sees and why it acts, from its own numbers."""
+    seen = ("There is no mask yet." if n_clicks == 0 else
+            f"After {n_clicks} click{'s' if n_clicks > 1 else ''} the mask covers {100 * mask_fraction:.1f}% of the image.")
+    if kind == "terminate":
+        return (f"The request: \"{query}\". {seen} The mask matches what I look for; "
+                f"I stop (confidence {probability:.2f}).")
+    where = "part of the target is still missing" if kind == "positive" else "the mask spills outside the target"
+    if n_clicks == 0:
+        where = "the target is most likely"
+    return (f"The request: \"{query}\". {seen} Around ({x:.2f}, {y:.2f}) {where}, so I place a {kind} point "
+            f"there (confidence {probability:.2f}).")
+
+
+class LitePolicy(Policy):
+    """Greedy IBIS-lite; `max_clicks=1` gives the one-click (no refinement) variant."""
+
+    name = "lite"
+
+    def __init__(self, checkpoint: str | Path | None = None, max_clicks: int | None = None,
+                 query_encoder: QueryEncoder | None = None):
+        self.checkpoint = Path(checkpoint) if checkpoint else shipped_lite_policy()
+        self.network, self.metadata = load_lite_checkpoint(self.checkpoint)
+        self.config = self.network.config
+        self.max_clicks = max_clicks
+        self.queries = query_encoder or _shared_query_encoder()
+        if max_clicks == 1:
+            self.name = "lite-one-click"
+
+    def act(self, observation: Observation, messages: list[Message]) -> str:
+        embedding = observation.embedding
+        if embedding is None:
+            raise PolicyError("the lite policy needs the tool's image embedding (run it through the Agent)")
+        expected = self.metadata.get("encoder_key")
+        frame = embedding.frame
+        if embedding.features.shape[1:] != (self.config.embedding_channels, self.config.grid, self.config.grid) \
+                or frame.input_size != self.config.frame_size:
+            raise PolicyError(f"the lite policy was trained on {expected} embeddings; this tool's embedding has "
+                              f"shape {embedding.features.shape[1:]} at input {frame.input_size}")
+        if self.max_clicks is not None and len(observation.clicks) >= self.max_clicks:
+            return format_response(Action.terminate(), f"The request: \"{observation.query}\". "
+                                   f"I was asked for at most {self.max_clicks} click(s); I stop.")
+        scale_x, scale_y = frame.width * frame.scale, frame.height * frame.scale
+        state = PolicyState(frame.mask_to_input(observation.mask), valid_region(frame),
+                            tuple((c.x * scale_x, c.y * scale_y, c.positive) for c in observation.clicks),
+                            observation.turn)
+        maps, step, blocked = state_tensors([state], self.config)
+        with torch.inference_mode():
+            features = pool_embedding(torch.from_numpy(embedding.features.astype(np.float32)))
+            query = torch.from_numpy(self.queries([observation.query]))
+            logits = self.network(features, maps, query, step)
+            distribution = action_distribution(logits, blocked)
+            # With no click yet there is nothing to stop on: the first action is always a click.
+            choices = distribution.probs if observation.clicks else distribution.probs[:, :-1]
+            index = int(choices.argmax(dim=1))
+            probability = float(distribution.probs[0, index])
+        kind, fx, fy = decode_action(index, self.config)
+        x, y = min(max(fx / scale_x, 0.0), 1.0), min(max(fy / scale_y, 0.0), 1.0)
+        think = rationale(observation.query, float(observation.mask.mean()), len(observation.clicks), kind, x, y,
+                          probability)
+        action = {"positive": Action.positive, "negative": Action.negative}.get(kind)
+        return format_response(action(x, y) if action else Action.terminate(), think)
+

@@ -1,0 +1,179 @@
+"""IBIS-lite: a compact click policy over the segmentation tool's own image embedding.
+
+The network sees what the MLLM sees, in the tool's model-input frame: the
+image (as the tool's 256x64x64 embedding, already computed for the tool),
+the current mask, the clicks so far and the query (a sentence-encoder
+vector, so paraphrases and reasoning questions map near their targets). It
+scores one categorical action space: a positive or a negative click on any
+cell of the 64x64 embedding grid, or Terminate. Training (SFT and GRPO) and
+inference share `state_tensors` and `action_distribution`, so the policy is
+trained on exactly what it acts on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..imaging.transform import Frame
+
+__all__ = ["LiteConfig", "LitePolicyNet", "PolicyState", "state_tensors", "action_distribution", "masked_logits", "pool_embedding",
+           "decode_action", "valid_region", "cell_to_frame_xy", "frame_xy_to_cell", "STATE_CHANNELS"]
+
+STATE_CHANNELS = 4  # mask, image area (not padding), positive clicks, negative clicks
+
+
+@dataclass(frozen=True)
+class LiteConfig:
+    embedding_channels: int = 256
+    grid: int = 64  # the embedding grid; actions are cells of it
+    frame_size: int = 256  # the tool's model-input side
+    query_dim: int = 384
+    width: int = 48
+    dilations: tuple[int, ...] = (1, 2, 4, 8)
+    max_steps: int = 10  # step feature scale (the agent's usual turn budget)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """One decision point, in the tool's model-input frame."""
+
+    mask: np.ndarray  # (S, S) bool: the current mask
+    valid: np.ndarray  # (S, S) bool: inside the resized image (not padding)
+    clicks: Sequence[tuple[float, float, bool]]  # (x, y, positive) in frame pixels
+    step: int  # 0-based turn index
+
+
+def frame_xy_to_cell(x: float, y: float, config: LiteConfig) -> tuple[int, int]:
+    """(row, col) of the grid cell holding a frame-pixel coordinate."""
+    cell = config.frame_size / config.grid
+    return (min(max(int(y // cell), 0), config.grid - 1), min(max(int(x // cell), 0), config.grid - 1))
+
+
+def cell_to_frame_xy(row: int, col: int, config: LiteConfig) -> tuple[float, float]:
+    """The centre of a grid cell in frame pixels (continuous coordinates)."""
+    cell = config.frame_size / config.grid
+    return (col + 0.5) * cell, (row + 0.5) * cell
+
+
+def decode_action(index: int, config: LiteConfig) -> tuple[str, float, float]:
+    """An action index -> ("positive" | "negative" | "terminate", frame x, frame y)."""
+    cells = config.grid * config.grid
+    if index >= 2 * cells:
+        return "terminate", 0.0, 0.0
+    kind = "positive" if index < cells else "negative"
+    row, col = divmod(index % cells, config.grid)
+    x, y = cell_to_frame_xy(row, col, config)
+    return kind, x, y
+
+
+def valid_region(frame: Frame) -> np.ndarray:
+    """(S, S) bool: the part of the model input that holds the image, not padding."""
+    rows, cols = frame.resized
+    valid = np.zeros((frame.input_size, frame.input_size), bool)
+    valid[:rows, :cols] = True
+    return valid
+
+
+def pool_embedding(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, G, G) -> (B, C, G/2, G/2): what the trunk reads; training caches this, not the full embedding."""
+    return F.avg_pool2d(features, 2)
+
+
+def _pool(mask: np.ndarray, grid: int) -> np.ndarray:
+    side = mask.shape[0]
+    return mask.reshape(grid, side // grid, grid, side // grid).mean(axis=(1, 3)).astype(np.float32)
+
+
+def state_tensors(states: Sequence[PolicyState], config: LiteConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per state: (4, G, G) maps, the step feature (1,), and the click cells ruled out (G*G*2,) bool.
+
+    Ruled out: padding, cells clicked before (the agent would repeat itself),
+    positive clicks on fully covered cells and negative clicks off the mask.
+    """
+    grid = config.grid
+    maps = np.zeros((len(states), STATE_CHANNELS, grid, grid), np.float32)
+    steps = np.zeros((len(states), 1), np.float32)
+    blocked = np.zeros((len(states), 2, grid, grid), bool)
+    for index, state in enumerate(states):
+        maps[index, 0] = _pool(state.mask, grid)
+        valid = _pool(state.valid, grid)
+        maps[index, 1] = valid
+        for x, y, positive in state.clicks:
+            row, col = frame_xy_to_cell(x, y, config)
+            maps[index, 2 if positive else 3, row, col] = 1.0
+            blocked[index, :, row, col] = True  # never click a cell twice: the agent would repeat itself
+        blocked[index, :, valid < 0.5] = True
+        # A positive click only helps where the mask is not complete, a negative one only where there is mask.
+        blocked[index, 0, maps[index, 0] >= 1.0] = True
+        blocked[index, 1, maps[index, 0] <= 0.0] = True
+        steps[index, 0] = min(state.step / config.max_steps, 1.0)
+    return torch.from_numpy(maps), torch.from_numpy(steps), torch.from_numpy(blocked.reshape(len(states), -1))
+
+
+class _FilmBlock(nn.Module):
+    """A dilated residual convolution whose features the query scales and shifts (FiLM)."""
+
+    def __init__(self, width: int, dilation: int):
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation)
+        self.norm = nn.GroupNorm(8, width)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.conv(x)) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        return x + F.gelu(h)
+
+
+class LitePolicyNet(nn.Module):
+    """Embedding + state maps + query -> logits over [positive cells, negative cells, Terminate].
+
+    The trunk runs at half the embedding grid (cheap context: dilations up to
+    8 cover the whole image); the click heads run at the full grid, fed the
+    upsampled trunk and the full-resolution state maps.
+    """
+
+    def __init__(self, config: LiteConfig = LiteConfig()):
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.reduce = nn.Conv2d(config.embedding_channels, width, 1)
+        self.merge = nn.Conv2d(width + STATE_CHANNELS, width, 3, padding=1)
+        self.blocks = nn.ModuleList(_FilmBlock(width, d) for d in config.dilations)
+        self.film = nn.Sequential(nn.Linear(config.query_dim + 1, 128), nn.GELU(),
+                                  nn.Linear(128, 2 * width * len(config.dilations)))
+        self.click_head = nn.Sequential(nn.Conv2d(width + STATE_CHANNELS, 32, 1), nn.GELU(), nn.Conv2d(32, 2, 1))
+        self.stop_head = nn.Sequential(nn.Linear(2 * width + config.query_dim + 1, 64), nn.GELU(), nn.Linear(64, 1))
+
+    def forward(self, pooled_embedding: torch.Tensor, maps: torch.Tensor, query: torch.Tensor,
+                step: torch.Tensor) -> torch.Tensor:
+        """(B, C, G/2, G/2) from `pool_embedding`, (B, 4, G, G), (B, Q), (B, 1) -> (B, 2*G*G + 1) logits."""
+        condition = torch.cat([query, step], dim=1)
+        film = self.film(condition).chunk(2 * len(self.blocks), dim=1)
+        small_maps = F.avg_pool2d(maps, 2)
+        x = self.reduce(pooled_embedding)
+        x = F.gelu(self.merge(torch.cat([x, small_maps], dim=1)))
+        for index, block in enumerate(self.blocks):
+            x = block(x, film[2 * index], film[2 * index + 1])
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), condition], dim=1)
+        full = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        clicks = self.click_head(torch.cat([full, maps], dim=1))
+        return torch.cat([clicks.flatten(1), self.stop_head(pooled)], dim=1)
+
+
+def action_distribution(logits: torch.Tensor, blocked: torch.Tensor) -> torch.distributions.Categorical:
+    """The policy's distribution with blocked click cells removed (Terminate is always allowed)."""
+    return torch.distributions.Categorical(logits=masked_logits(logits, blocked))
+
+
+def masked_logits(logits: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+    """Blocked click cells get a large negative logit (finite, so zero-weight targets stay NaN-free)."""
+    allowed = torch.cat([~blocked, torch.ones_like(blocked[:, :1])], dim=1)
+    return logits.masked_fill(~allowed, -1e9)

@@ -1,0 +1,157 @@
+"""IBIS-lite: trajectories, supervised states, a short real two-stage training run, and the shipped policy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ibisagent.agent import Agent, RunStatus
+from ibisagent.evaluation import load_queries
+from ibisagent.metrics import iou
+from ibisagent.protocol import check_strict, parse_response
+
+
+@pytest.fixture(scope="module")
+def queries(med2d_manifest):
+    return load_queries(med2d_manifest.parent / "queries.json")
+
+
+@pytest.fixture(scope="module")
+def trajectory_file(tmp_path_factory, lite_tool, real_pairs, queries):
+    from ibisagent.training.trajectories import TrajectoryConfig, write_trajectories
+
+    pairs = [p for p in real_pairs if p.source in ("imis-btcv", "kvasir-seg")][:3]
+    out = tmp_path_factory.mktemp("trajectories") / "train.jsonl"
+    counts = write_trajectories(pairs, lite_tool, out, queries, TrajectoryConfig(target_iou=0.85, max_steps=4))
+    assert counts["pairs"] == 3 and not list(out.parent.glob("*.tmp"))
+    return out
+
+
+def test_trajectory_records_replay_to_their_masks(trajectory_file, lite_tool):
+    from ibisagent.imaging.io import read_mask
+    from ibisagent.training.trajectories import decode_mask, read_trajectories
+
+    records = list(read_trajectories(trajectory_file))
+    assert {r["query_kind"] for r in records} == {"referring", "reasoning"}
+    for record in records:
+        assert 1 <= len(record["steps"]) <= 4
+        assert record["stop"] in ("target_iou", "step_limit", "no_error")
+        height, width = record["image_size"]
+        target = read_mask(record["mask"], (height, width))
+        for step in record["steps"]:
+            mask = decode_mask(step["mask"])
+            assert mask.shape == (height, width)
+            assert iou(mask, target) == pytest.approx(step["iou"], abs=1e-5)
+            click = step["click"]
+            assert click["x"] == min(int(click["x_norm"] * width), width - 1)
+            assert parse_response(f"<think>t</think><action>{step['action']}</action>").action is not None
+        if record["stop"] == "target_iou":
+            assert record["steps"][-1]["iou"] >= 0.85
+    # The first click of a simulation lands on the target.
+    first = records[0]["steps"][0]["click"]
+    assert read_mask(records[0]["mask"])[first["y"], first["x"]]
+
+
+def test_reading_a_foreign_trajectory_line_names_the_line(tmp_path, trajectory_file):
+    from ibisagent.training.trajectories import read_trajectories
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(trajectory_file.read_text().splitlines()[0] + "\n{\"format\": \"other\"}\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: format 'other'"):
+        list(read_trajectories(bad))
+    bad.write_text("not json\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not JSON"):
+        list(read_trajectories(bad))
+
+
+def test_states_give_learnable_targets(trajectory_file):
+    from ibisagent.policies.lite_model import LiteConfig
+    from ibisagent.training.lite_data import build_states
+
+    states = build_states([trajectory_file], LiteConfig())
+    steps_total = sum(len(json.loads(line)["steps"]) for line in trajectory_file.read_text().splitlines()) // 2
+    assert steps_total <= len(states) <= steps_total + 3  # one per click, plus a Terminate per finished pair
+    targets = states.targets.float()
+    assert torch.allclose(targets.sum(dim=1), torch.ones(len(states)), atol=1e-2)
+    assert float(targets[:, :-1][states.blocked].sum()) == 0.0  # nothing to learn on a ruled-out cell
+    first = states.steps[:, 0] == 0
+    cells = LiteConfig().grid ** 2
+    assert float(targets[first][:, :cells].sum(dim=1).min()) > 0.99  # first action: a positive click
+
+
+def test_two_stage_training_runs_and_resumes(tmp_path, trajectory_file, med2d_manifest):
+    from ibisagent.training.lite_training import LiteTrainingConfig, train_lite
+
+    config = LiteTrainingConfig(
+        manifest=str(med2d_manifest), queries=str(med2d_manifest.parent / "queries.json"),
+        trajectories=[str(trajectory_file)], out_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+        sft_epochs=2, sft_batch_size=4, grpo_iterations=1, grpo_batch_size=2, grpo_group_size=4, grpo_max_steps=2,
+        val_per_source=1, val_max_turns=2, validate_every=1)
+    out = train_lite(config)
+    summary = json.loads((out / "training_summary.json").read_text())
+    sft = [h for h in summary["history"] if h["stage"] == "sft"]
+    assert len(sft) == 2 and sft[1]["loss"] < sft[0]["loss"]  # imitation learns on its own data
+    log = summary["grpo_log"]
+    assert len(log) == 1 and set(log[0]) >= {"format", "iou_level", "iou_increase", "click_placement", "length",
+                                             "reward", "reward_std", "kl"}
+    assert log[0]["reward_std"] > 0  # the group's actions differ in reward: there is a signal to learn from
+    assert (out / "sft_best.pt").is_file() and (out / "grpo_best.pt").is_file()
+
+    config.grpo_iterations, config.resume = 2, True
+    summary = json.loads((train_lite(config) / "training_summary.json").read_text())
+    assert [entry["iteration"] for entry in summary["grpo_log"]] == [1, 2]
+    assert len([h for h in summary["history"] if h["stage"] == "sft"]) == 2  # SFT was not redone
+
+
+@pytest.fixture(scope="module")
+def lite_policy():
+    from ibisagent.policies import build_policy
+
+    return build_policy("lite")
+
+
+def test_shipped_policy_segments_real_targets(lite_tool, lite_policy, real_pairs):
+    """Named targets the policy never saw (test split): a real mask, in the protocol's exact format."""
+    from ibisagent.imaging.io import read_mask
+
+    scores = []
+    for pair in [p for p in real_pairs if p.source in ("kvasir-seg", "hc18", "ph2")]:
+        image = np.asarray(Image.open(pair.image).convert("RGB"))
+        target = read_mask(pair.mask, image.shape[:2])
+        result = Agent(lite_tool, lite_policy, max_turns=10).run(image, f"Segment the {pair.label}.")
+        assert result.status.completed
+        assert all(not check_strict(turn.raw_text) for turn in result.turns)
+        scores.append(iou(result.mask, target))
+    assert np.mean(scores) > 0.6, scores
+
+
+def test_one_click_variant_stops_after_its_click(lite_tool, lite_policy, demo_image):
+    from ibisagent.policies import build_policy
+
+    one_click = build_policy("lite-one-click")
+    result = Agent(lite_tool, one_click, max_turns=10).run(demo_image, "Segment the liver.")
+    assert result.status is RunStatus.TERMINATED and len(result.clicks) == 1
+    assert result.mask.any()
+
+
+def test_foreign_embeddings_and_checkpoints_are_refused(tmp_path, lite_tool, lite_policy, demo_image):
+    from ibisagent.policies import build_policy
+    from ibisagent.tools.base import ImageEmbedding
+
+    embedding = lite_tool.encode(demo_image)
+    foreign = ImageEmbedding(embedding.features[:, :128], embedding.frame)  # another encoder's channel count
+    result = Agent(lite_tool, lite_policy).run(demo_image, "Segment the liver.", embedding=foreign)
+    assert result.status is RunStatus.POLICY_ERROR and "trained on" in result.error
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read lite policy"):
+        build_policy("lite", checkpoint=broken)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": 1}, other)
+    with pytest.raises(ValueError, match="not an IBIS-lite policy checkpoint"):
+        build_policy("lite", checkpoint=other)
