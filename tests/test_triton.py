@@ -3,6 +3,7 @@ same module `ibis serve` uses; the agent runs through it and must match the in-p
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -238,3 +239,102 @@ def test_ibis_serve_starts_answers_and_stops_on_sigint(sam_repository, triton_in
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# The policy MLLM: ibis_mllm (transformers, python backend) against the in-process hf policy.
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory) -> Path:
+    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    from tiny_qwen import build_tiny_qwen25vl
+
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen"))
+
+
+@pytest.fixture(scope="module")
+def full_server(sam_repository, triton_install, tiny_qwen, tmp_path_factory):
+    """The sam models and ibis_mllm (on the tiny Qwen2.5-VL, given by environment variable)."""
+    repository = tmp_path_factory.mktemp("full") / "triton_models"
+    shutil.copytree(sam_repository, repository)
+    copy_models(("ibis_mllm",), repository)
+    log: list[str] = []
+    server = start_server(repository, triton_install, (*SAM_MODELS, "ibis_mllm"),
+                          env={"IBIS_MLLM_PATH": str(tiny_qwen)}, log=log)
+    yield server, log
+    server.stop()
+
+
+def test_the_rendered_prompt_is_the_checkpoint_chat_template(tiny_qwen, demo_image):
+    from transformers import AutoProcessor
+
+    from ibisagent.policies.chat import split_images
+    from ibisagent.serving.triton_policy import render_qwen_chat
+
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "You segment."}]},
+        {"role": "user", "content": [{"type": "image", "image": demo_image}, {"type": "text", "text": "Liver?"}]},
+    ]
+    chat, _ = split_images(messages)
+    expected = AutoProcessor.from_pretrained(tiny_qwen, local_files_only=True).apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=False)
+    prompt, images = render_qwen_chat(messages)
+    assert prompt == expected and len(images) == 1
+
+
+def test_agent_with_triton_policy_and_tool_matches_hf_in_process(full_server, tiny_qwen, onnx_dir, demo_image):
+    from ibisagent.tools.onnx_tool import OnnxSamTool
+
+    server, log = full_server
+    query = "Segment the liver."
+    local = Agent(OnnxSamTool(onnx_dir), build_policy("hf", model_path=tiny_qwen, max_new_tokens=24),
+                  max_turns=4, max_invalid=3).run(demo_image, query)
+    served = Agent(TritonSamTool(server.grpc_url),
+                   build_policy("triton", server=server.grpc_url, max_tokens=24, timeout=60),
+                   max_turns=4, max_invalid=3).run(demo_image, query)
+    assert served.error is None and served.status is local.status
+    texts = [turn.raw_text for turn in served.turns]
+    assert texts == [turn.raw_text for turn in local.turns] and any(texts)  # greedy: the same words, turn by turn
+    assert np.array_equal(served.mask, local.mask)
+    assert not any(query in line for line in log)  # request text never reaches the server's log
+
+
+def test_policy_with_the_model_not_loaded_is_named(sam_server):
+    from ibisagent.policies import PolicyError
+
+    with pytest.raises(PolicyError, match=f"Triton at {sam_server.grpc_url}, model ibis_mllm: not ready"):
+        build_policy("triton", server=sam_server.grpc_url, timeout=5)
+
+
+def test_policy_server_killed_mid_session_is_a_bounded_policy_error(sam_repository, triton_install, tiny_qwen,
+                                                                    tmp_path, demo_image, lite_tool):
+    repository = copy_models(("ibis_mllm",), tmp_path / "triton_models")
+    server = start_server(repository, triton_install, ("ibis_mllm",), env={"IBIS_MLLM_PATH": str(tiny_qwen)})
+    try:
+        policy = build_policy("triton", server=server.grpc_url, max_tokens=8, timeout=5, retries=1)
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        started = time.monotonic()
+        result = Agent(lite_tool, policy).run(demo_image, "Segment the liver.")
+        assert time.monotonic() - started < 20
+        assert result.status is RunStatus.POLICY_ERROR and f"Triton at {server.grpc_url}, model ibis_mllm" in result.error
+        assert result.turns == [] and not result.mask.any()
+    finally:
+        server.stop()
+
+
+def test_the_vllm_variant_speaks_the_same_interface():
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    def interface(path: Path):
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        return ({(t.name, t.data_type, tuple(t.dims), t.optional) for t in config.input},
+                {(t.name, t.data_type, tuple(t.dims)) for t in config.output},
+                config.model_transaction_policy.decoupled, config.backend)
+
+    *python_io, python_backend = interface(REPO / "triton_models" / "ibis_mllm" / "config.pbtxt")
+    *vllm_io, vllm_backend = interface(REPO / "triton_models_vllm" / "ibis_mllm" / "config.pbtxt")
+    assert python_io == vllm_io and (python_backend, vllm_backend) == ("python", "vllm")
+    assert "model" in json.loads((REPO / "triton_models_vllm" / "ibis_mllm" / "1" / "model.json").read_text())
+    for name in SAM_MODELS:  # the GPU repository links the same sam models
+        assert (REPO / "triton_models_vllm" / name).resolve() == (REPO / "triton_models" / name).resolve()

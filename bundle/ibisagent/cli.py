@@ -43,6 +43,10 @@ def _policy_options(args: argparse.Namespace, ground_truth: np.ndarray | None, n
         if not (args.base_url and args.model):
             raise CommandError("the openai policy needs --base-url URL and --model NAME")
         return {"base_url": args.base_url, "model": args.model, "timeout": args.timeout}
+    if name == "triton":
+        if not args.server:
+            raise CommandError("the triton policy needs --server HOST:PORT (Triton's gRPC port)")
+        return {"server": args.server, "model": args.model or "ibis_mllm", "timeout": args.timeout}
     return {}
 
 
@@ -292,19 +296,23 @@ def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_
 
     parser.add_argument("--policy", default=policy_default, choices=POLICY_NAMES)
     parser.add_argument("--checkpoint", help="lite: a policy checkpoint (default: the shipped IBIS-lite)")
-    tool_help = "lite-medsam | lite-medsam-base | onnx:DIR | sam:vit_b:CKPT | medsam:CKPT"
+    tool_help = ("lite-medsam | lite-medsam-base | onnx:DIR | sam:vit_b:CKPT | medsam:CKPT | triton:HOST:PORT "
+                 "(default: lite-medsam, or triton:SERVER with --server)")
     if tool_repeats:
         parser.add_argument("--tool", action="append", help=tool_help + " (repeat to compare tools in one run)")
     else:
-        parser.add_argument("--tool", default="lite-medsam", help=tool_help)
+        parser.add_argument("--tool", help=tool_help)
+    parser.add_argument("--server", help="a Triton server (HOST:PORT, gRPC; see `ibis serve`): the default tool, "
+                        "and the triton policy's server")
+    parser.set_defaults(tool_repeats=tool_repeats)
     parser.add_argument("--prompts", help="YAML prompt file (default: the packaged wording)")
     parser.add_argument("--max-turns", type=int, default=20)
     parser.add_argument("--target-iou", type=float, default=0.9, help="oracle: stop at this IoU")
     parser.add_argument("--responses", help="scripted: a file with one answer per line (\\n for newlines)")
     parser.add_argument("--model-path", help="hf: a local Qwen2.5-VL / Qwen2-VL checkpoint folder")
     parser.add_argument("--base-url", help="openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--model", help="openai: the served model name")
-    parser.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
+    parser.add_argument("--model", help="openai: the served model name; triton: default ibis_mllm")
+    parser.add_argument("--timeout", type=float, default=60.0, help="openai, triton: seconds per request")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -411,8 +419,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_tool(args: argparse.Namespace) -> None:
+    """No --tool: the Triton-served tool when --server is given, else lite-medsam."""
+    if "tool_repeats" in args and not args.tool:
+        tool = f"triton:{args.server}" if args.server else "lite-medsam"
+        args.tool = [tool] if args.tool_repeats else tool
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _default_tool(args)
     warnings.filterwarnings("ignore", category=FutureWarning)
     from .imaging.io import ImageReadError
     from .policies import PolicyError

@@ -20,8 +20,7 @@ __all__ = ["TritonCaller", "ServerError", "parse_server"]
 
 # gRPC status codes worth another try: the server is (re)starting or overloaded.
 _RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
-_NUMPY_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.object_): "BYTES", np.dtype(np.int32): "INT32",
-                    np.dtype(np.int64): "INT64", np.dtype(np.uint8): "UINT8", np.dtype(np.bool_): "BOOL"}
+_NUMPY_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.object_): "BYTES", np.dtype(np.bool_): "BOOL"}
 
 
 def parse_server(address: str) -> str:
@@ -77,28 +76,82 @@ class TritonCaller:
 
         return self._retrying(model, fetch)
 
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Run `model` once; every named output comes back or ServerError is raised (no partial results)."""
+    def _tensors(self, inputs: Mapping[str, np.ndarray]) -> list:
         tensors = []
         for name, array in inputs.items():
             array = np.ascontiguousarray(array)
             tensor = self._grpc.InferInput(name, list(array.shape), _NUMPY_TO_TRITON[array.dtype])
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
+        return tensors
+
+    def _outputs(self, model: str, result, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        arrays = {name: result.as_numpy(name) for name in outputs}
+        missing = [name for name, array in arrays.items() if array is None]
+        if missing:
+            raise self.error(model, f"response lacks {', '.join(missing)}")
+        return arrays
+
+    def _count(self, inputs: Mapping[str, np.ndarray], received: Sequence[dict[str, np.ndarray]]) -> None:
+        with self._lock:
+            self.bytes_sent += sum(_nbytes(np.asarray(array)) for array in inputs.values())
+            self.bytes_received += sum(_nbytes(array) for arrays in received for array in arrays.values())
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run `model` once; every named output comes back or ServerError is raised (no partial results)."""
+        tensors = self._tensors(inputs)
         requested = [self._grpc.InferRequestedOutput(name) for name in outputs]
 
         def call():
             return self.client.infer(model, tensors, outputs=requested, client_timeout=self.timeout)
 
-        result = self._retrying(model, call)
-        arrays = {name: result.as_numpy(name) for name in outputs}
-        missing = [name for name, array in arrays.items() if array is None]
-        if missing:
-            raise self.error(model, f"response lacks {', '.join(missing)}")
-        with self._lock:
-            self.bytes_sent += sum(_nbytes(np.asarray(array)) for array in inputs.values())
-            self.bytes_received += sum(_nbytes(array) for array in arrays.values())
+        arrays = self._outputs(model, self._retrying(model, call), outputs)
+        self._count(inputs, [arrays])
         return arrays
+
+    def infer_decoupled(self, model: str, inputs: Mapping[str, np.ndarray],
+                        outputs: Sequence[str]) -> list[dict[str, np.ndarray]]:
+        """One request to a decoupled model (the vLLM backend's kind): all its responses, once the last came.
+
+        A stream of its own per call, so calls from several threads do not mix.
+        """
+        tensors = self._tensors(inputs)
+        requested = [self._grpc.InferRequestedOutput(name) for name in outputs]
+
+        def call() -> list[dict[str, np.ndarray]]:
+            client = self._grpc.InferenceServerClient(self.server)
+            done, responses, errors = threading.Event(), [], []
+
+            def on_response(result, error) -> None:
+                if error is not None:
+                    errors.append(error)
+                    done.set()
+                    return
+                response = result.get_response()
+                if response.outputs:
+                    responses.append(result)
+                final = response.parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    done.set()
+
+            try:
+                client.start_stream(callback=on_response, stream_timeout=self.timeout)
+                client.async_stream_infer(model, tensors, outputs=requested, enable_empty_final_response=True)
+                if not done.wait(self.timeout):
+                    raise self._grpc.InferenceServerException(f"no answer within {self.timeout:g} s",
+                                                              status="StatusCode.DEADLINE_EXCEEDED")
+                if errors:
+                    raise errors[0]
+            finally:
+                client.stop_stream(cancel_requests=True)
+                client.close()
+            return [self._outputs(model, result, outputs) for result in responses]
+
+        received = self._retrying(model, call)
+        if not received:
+            raise self.error(model, "the stream ended without a response")
+        self._count(inputs, received)
+        return received
 
     def close(self) -> None:
         self.client.close()
