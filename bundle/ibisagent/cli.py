@@ -222,6 +222,16 @@ def _export_onnx(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
+    if args.server:
+        from .serving.bench import run_serving_bench
+
+        print(run_serving_bench(args.server, args.tool, args.sessions, args.clicks, args.image))
+        return 0
+    if args.agent:
+        from .agent_bench import run_agent_bench
+
+        print(run_agent_bench(args.agent, args.tool, args.manifest, args.images, args.max_turns))
+        return 0
     print(run_bench(args.tool, args.runs, args.warmup, args.image))
     return 0
 
@@ -410,11 +420,20 @@ def _parser() -> argparse.ArgumentParser:
     lite.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     lite.set_defaults(handler=_train_lite)
 
-    bench = commands.add_parser("bench", help="encoder and decoder latency, torch vs onnxruntime")
+    bench = commands.add_parser("bench", help="encoder and decoder latency, torch vs onnxruntime; with --server, Triton vs in-process")
     bench.add_argument("--tool", default="lite-medsam")
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--image", help="image to time (default: pydicom's abdominal MR)")
+    bench.add_argument("--server", help="a Triton server (HOST:PORT, gRPC): compare it with the tool in process, "
+                       "at several sessions at once")
+    bench.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16], help="--server: sessions at once")
+    bench.add_argument("--clicks", type=int, default=5, help="--server: clicks per session")
+    bench.add_argument("--agent", action="append", choices=("lite", "lite-one-click"),
+                       help="time the whole agent per image with this policy (repeatable), torch vs onnxruntime tool")
+    bench.add_argument("--manifest", help="--agent: also time test-split images of this manifest")
+    bench.add_argument("--images", type=int, default=12, help="--agent: images to time")
+    bench.add_argument("--max-turns", type=int, default=10, help="--agent: turn limit")
     bench.set_defaults(handler=_bench)
     return parser
 

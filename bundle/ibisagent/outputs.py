@@ -19,7 +19,34 @@ from PIL import Image
 from .agent import AgentResult
 from .imaging.overlay import overlay_mask
 
-__all__ = ["write_run", "write_json_atomic"]
+__all__ = ["write_run", "write_json_atomic", "save_torch_atomic", "publish"]
+
+
+def publish(temporary: str | Path, path: str | Path) -> None:
+    """Move a finished temporary file into place atomically, with the permissions a plain write would give.
+
+    `mkstemp` creates files readable by the owner only; outputs are meant for
+    the user's group and tools (viewers, PACS senders) as any file they write.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(temporary, 0o666 & ~mask)
+    os.replace(temporary, path)
+
+
+def save_torch_atomic(obj: object, path: str | Path) -> None:
+    """`torch.save` that never leaves a half-written checkpoint (training can be killed at any time)."""
+    import torch
+
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, temporary)
+        publish(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: str | Path, data: object) -> None:
@@ -30,7 +57,7 @@ def write_json_atomic(path: str | Path, data: object) -> None:
         with os.fdopen(handle, "w") as stream:
             json.dump(data, stream, indent=2, allow_nan=True)
             stream.write("\n")
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

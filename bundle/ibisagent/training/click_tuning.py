@@ -12,9 +12,7 @@ Model selection is on the validation split, in the model-input frame.
 from __future__ import annotations
 
 import json
-import os
 import resource
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -28,6 +26,7 @@ from tqdm import tqdm
 from ..evaluation import Pair, read_manifest
 from ..imaging.io import read_mask
 from ..imaging.transform import Frame, ImageTransform
+from ..outputs import save_torch_atomic
 from ..tools.base import LABEL_BOX_END, LABEL_BOX_START, LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE
 from ..tools.onnx_export import export_onnx
 from ..tools.onnx_tool import OnnxSamTool
@@ -196,17 +195,6 @@ def validate(decoder: PromptDecoder, data: _Batches, batch_size: int = 16) -> di
     return {"by_source": by_source, "overall": overall}
 
 
-def _save_atomic(obj: object, path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _decoder_state(decoder: PromptDecoder) -> dict[str, torch.Tensor]:
     return {f"{part}.{key}": value.detach().clone() for part in ("prompt_encoder", "mask_decoder")
             for key, value in getattr(decoder, part).state_dict().items()}
@@ -266,9 +254,9 @@ def train_click_decoder(config: ClickTuningConfig) -> Path:
         state["history"].append({"epoch": epoch + 1, **metrics["overall"]})
         if metrics["overall"]["score"] > state["best_score"]:
             state["best_score"] = metrics["overall"]["score"]
-            _save_atomic(_decoder_state(decoder), out_dir / "best_decoder.pt")
+            save_torch_atomic(_decoder_state(decoder), out_dir / "best_decoder.pt")
         state["epoch"] = epoch + 1
-        _save_atomic({"decoder": _decoder_state(decoder), "optimizer": optimizer.state_dict(),
+        save_torch_atomic({"decoder": _decoder_state(decoder), "optimizer": optimizer.state_dict(),
                       "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "state": state},
                      last_path)
         print(f"epoch {epoch + 1}: val " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["overall"].items()), flush=True)

@@ -13,8 +13,6 @@ Everything runs on cached image embeddings in the model-input frame.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -33,6 +31,7 @@ from ..policies.lite import LITE_FORMAT, load_lite_checkpoint, rationale
 from ..policies.lite_model import (LiteConfig, LitePolicyNet, action_distribution, decode_action, masked_logits,
                                    pool_embedding, state_tensors, valid_region)
 from ..policies.query_encoder import QUERY_ENCODER_NAME, QueryEncoder
+from ..outputs import save_torch_atomic
 from ..protocol import Action, format_response
 from ..tools.factory import build_tool
 from ..tools.torch_tool import TorchSamTool
@@ -166,17 +165,6 @@ def validate_policy(network: LitePolicyNet, episodes: _Episodes, cache: Embeddin
     return {"by_source": by_source, "overall": overall}
 
 
-def _save_atomic(obj: object, path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _policy_checkpoint(network: LitePolicyNet, stage: str, tool: TorchSamTool, validation: dict,
                        config: LiteTrainingConfig) -> dict:
     return {
@@ -223,7 +211,7 @@ def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embedd
               ", ".join(f"{k} {v:.3f}" for k, v in metrics["overall"].items()), flush=True)
         if metrics["overall"]["score"] > state["sft_best"]:
             state["sft_best"] = metrics["overall"]["score"]
-            _save_atomic(_policy_checkpoint(network, "sft", state["tool"], metrics, config), out_dir / "sft_best.pt")
+            save_torch_atomic(_policy_checkpoint(network, "sft", state["tool"], metrics, config), out_dir / "sft_best.pt")
         state["sft_epoch"] = epoch + 1
         _save_resume(out_dir, network, optimizer, rng, state, "sft_optimizer")
 
@@ -301,14 +289,14 @@ def _train_grpo(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embed
                   "; val " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["overall"].items()), flush=True)
             if metrics["overall"]["score"] > state["grpo_best"]:
                 state["grpo_best"] = metrics["overall"]["score"]
-                _save_atomic(_policy_checkpoint(network, "sft+grpo", tool, metrics, config), out_dir / "grpo_best.pt")
+                save_torch_atomic(_policy_checkpoint(network, "sft+grpo", tool, metrics, config), out_dir / "grpo_best.pt")
             _save_resume(out_dir, network, optimizer, rng, state, "grpo_optimizer")
 
 
 def _save_resume(out_dir: Path, network: LitePolicyNet, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
                  state: dict, optimizer_key: str) -> None:
     saved = {k: v for k, v in state.items() if k != "tool"}
-    _save_atomic({"network": network.state_dict(), optimizer_key: optimizer.state_dict(),
+    save_torch_atomic({"network": network.state_dict(), optimizer_key: optimizer.state_dict(),
                   "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "state": saved},
                  out_dir / "last.pt")
 

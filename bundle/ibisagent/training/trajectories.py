@@ -28,6 +28,7 @@ from ..clicks import next_click
 from ..evaluation import Pair, QueryKind, choose_query
 from ..imaging.io import read_mask
 from ..metrics import iou
+from ..outputs import publish
 from ..protocol import Action
 from ..tools.base import Click, ImageEmbedding, SegmentationTool
 from .embedding_cache import EmbeddingCache
@@ -143,7 +144,7 @@ def write_trajectories(pairs: Iterable[Pair], tool: SegmentationTool, out_path: 
                 for record in _records(pair, steps, stop, shape, tool, queries, config):
                     stream.write(json.dumps(record) + "\n")
                     counts["records"] += 1
-        os.replace(temporary, out_path)
+        publish(temporary, out_path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
