@@ -338,3 +338,15 @@ def test_the_vllm_variant_speaks_the_same_interface():
     assert "model" in json.loads((REPO / "triton_models_vllm" / "ibis_mllm" / "1" / "model.json").read_text())
     for name in SAM_MODELS:  # the GPU repository links the same sam models
         assert (REPO / "triton_models_vllm" / name).resolve() == (REPO / "triton_models" / name).resolve()
+
+
+def test_serving_bench_reports_all_tables_and_restores_the_encoder(own_server):
+    from ibisagent.serving.bench import run_serving_bench
+
+    report = run_serving_bench(own_server.grpc_url, sessions=(1, 2), clicks=2)
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows if row.split("|")[1].strip() in ("1", "2")] == ["1", "2"]
+    assert any(row.startswith("| resident (default) | ") for row in rows)
+    assert any(row.startswith("| no dynamic batching | ") for row in rows)
+    config = TritonSamTool(own_server.grpc_url).caller.model_config("sam_encoder")
+    assert "dynamic_batching" in config  # reloaded as configured
