@@ -350,3 +350,11 @@ def test_serving_bench_reports_all_tables_and_restores_the_encoder(own_server):
     assert any(row.startswith("| no dynamic batching | ") for row in rows)
     config = TritonSamTool(own_server.grpc_url).caller.model_config("sam_encoder")
     assert "dynamic_batching" in config  # reloaded as configured
+
+
+def test_a_model_that_cannot_load_stops_the_start_with_its_reason(triton_install, tmp_path):
+    repository = copy_models(("ibis_mllm",), tmp_path / "triton_models")
+    started = time.monotonic()
+    with pytest.raises(ServerError, match="load failed for model 'ibis_mllm'.*no checkpoint; set parameter model_path"):
+        start_server(repository, triton_install, ("ibis_mllm",), env={"IBIS_MLLM_PATH": ""})
+    assert time.monotonic() - started < 120

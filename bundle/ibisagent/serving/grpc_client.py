@@ -86,7 +86,11 @@ class TritonCaller:
         return tensors
 
     def _outputs(self, model: str, result, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        arrays = {name: result.as_numpy(name) for name in outputs}
+        try:
+            arrays = {name: result.as_numpy(name) for name in outputs}
+        except ValueError as error:  # data shorter than its shape: what a python backend under numpy 2 sends
+            raise self.error(model, f"malformed response ({error}); is the server's python backend on numpy<2? "
+                                    "(`ibis serve --setup`)") from None
         missing = [name for name, array in arrays.items() if array is None]
         if missing:
             raise self.error(model, f"response lacks {', '.join(missing)}")
