@@ -23,6 +23,7 @@ def test_bundle_run_over_a_real_datalist(tmp_path, real_pairs):
     summary = json.loads((out / "summary.json").read_text())
     assert [entry["status"] for entry in summary][:2] != ["failed", "failed"]
     assert summary[2]["status"] == "failed" and "no such file" in summary[2]["error"]
+    assert all(0.0 <= entry["reference_iou"] <= 1.0 for entry in summary[:2])  # the default (lite) policy, scored
     written = sorted(path.name for path in out.iterdir() if path.is_dir())
     assert len(written) == 2 and all((out / name / "mask.png").is_file() for name in written)
 

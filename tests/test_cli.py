@@ -19,11 +19,12 @@ def ibis(*args, cwd=None):
 
 def test_demo_main_job(tmp_path):
     out = tmp_path / "demo"
-    done = ibis("demo", "--out", out, "--max-turns", "6")
+    done = ibis("demo", "--out", out)
     assert done.returncode == 0, done.stderr
-    assert "turn  1: Positive Point" in done.stdout
+    assert "turn  1: Positive Point" in done.stdout and "against the reference" in done.stdout
     trajectory = json.loads((out / "trajectory.json").read_text())
-    assert trajectory["input"] == "examples_overlay.dcm" and trajectory["policy"] == "oracle"
+    assert trajectory["input"] == "examples_overlay.dcm" and trajectory["policy"] == "lite"
+    assert trajectory["reference_iou"] > 0.7, trajectory["reference_iou"]  # a plausible liver, not just any mask
     mask = np.asarray(Image.open(out / "mask.png"))
     assert mask.shape == (300, 484) and set(np.unique(mask)) <= {0, 255}
     assert int((mask > 0).sum()) == trajectory["final_mask_area"]
@@ -51,11 +52,12 @@ def test_segment_png_with_scripted_policy(tmp_path, med2d_manifest):
     (lambda d: ["segment", d / "absent.png", "--query", "liver"], "no such file"),
     (lambda d: ["segment", d / "corrupt.png", "--query", "liver"], "not a readable image"),
     (lambda d: ["segment", d / "ok.png", "--query", "  "], "query is empty"),
-    (lambda d: ["segment", d / "ok.png", "--query", "liver"], "needs a ground-truth mask"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--policy", "oracle"], "needs a ground-truth mask"),
     (lambda d: ["segment", d / "ok.png", "--query", "liver", "--policy", "scripted"], "needs --responses"),
     (lambda d: ["segment", d / "ok.png", "--query", "liver", "--policy", "hf"], "needs --model-path"),
     (lambda d: ["segment", d / "ok.png", "--query", "liver", "--tool", "warp"], "unknown tool"),
-    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--ground-truth", d / "small.png"], "is 3x2, the image 8x6"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--policy", "oracle", "--ground-truth", d / "small.png"],
+     "is 3x2, the image 8x6"),
     (lambda d: ["evaluate", "--manifest", d / "absent.csv"], "cannot read manifest"),
 ])
 def test_errors_are_one_line_and_write_nothing(tmp_path, make_args, message):

@@ -61,6 +61,7 @@ def _print_turn(turn, mask) -> None:
 def _segment(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .imaging.io import read_image, read_mask
+    from .metrics import iou
     from .outputs import write_run
     from .policies import build_policy
     from .prompting import load_prompts
@@ -89,9 +90,13 @@ def _segment(args: argparse.Namespace) -> int:
         "input": Path(args.image).name, "input_kind": loaded.kind, "slice": loaded.slice_index,
         "query": args.query, "policy": args.policy, "tool": tool.name, "prompts": prompts.source,
     }
+    scored = ""
+    if ground_truth is not None:
+        metadata["reference_iou"] = round(iou(result.mask, ground_truth), 4)
+        scored = f", IoU {metadata['reference_iou']:.3f} against the reference"
     written = write_run(args.out, loaded.rgb, result, turn_masks, metadata)
     print(f"{result.status.value} after {len(result.turns)} turn(s), {len(result.clicks)} click(s); "
-          f"mask {int(result.mask.sum())} px -> {Path(args.out) / 'mask.png'} ({len(written)} files)")
+          f"mask {int(result.mask.sum())} px{scored} -> {Path(args.out) / 'mask.png'} ({len(written)} files)")
     return 0
 
 
@@ -271,13 +276,13 @@ def _serve(args: argparse.Namespace) -> int:
     from .serving.repository import MLLM_MODEL, SAM_MODELS, prepare_repository
     from .serving.server import TritonServer, serve_until_signal
 
+    models = args.model or [*SAM_MODELS, *([MLLM_MODEL] if args.mllm_path else [])]
     if args.setup:
         print(f"server environment: {setup_server_env(args.server_env)}", flush=True)
-    if prepare_repository(args.repository, args.tool, force=args.export):
+    if set(SAM_MODELS) & set(models) and prepare_repository(args.repository, args.tool, force=args.export):
         print(f"exported {args.tool} into {args.repository}", flush=True)
     if args.setup:
         return 0
-    models = args.model or [*SAM_MODELS, *([MLLM_MODEL] if args.mllm_path else [])]
     env = {"IBIS_MLLM_PATH": str(Path(args.mllm_path).absolute())} if args.mllm_path else {}
     server = TritonServer(args.repository, models, host=args.host, grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port,
@@ -335,7 +340,7 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("image", help="PNG/JPEG, a DICOM file or a NIfTI volume")
     _add_input_options(segment, "slice index for multi-slice inputs")
     segment.add_argument("--history", action="store_true", help="send the whole chat, not only the current turn")
-    _add_run_options(segment, "oracle")
+    _add_run_options(segment, "lite")
     segment.set_defaults(handler=_segment)
 
     dicom = commands.add_parser("segment-dicom", help="segment one slice of a DICOM series; write a DICOM-SEG")
@@ -343,13 +348,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_input_options(dicom, "slice index (0 = lowest along the slice normal)")
     dicom.add_argument("--label", help="the target's label for the SEG's codes, e.g. liver (default: generic 'target')")
     dicom.add_argument("--series-uid", help="pick one series when the folder holds several")
-    _add_run_options(dicom, "oracle")
+    _add_run_options(dicom, "lite")
     dicom.set_defaults(handler=_segment_dicom)
 
     demo = commands.add_parser("demo", help="the main job on pydicom's shipped abdominal MR")
     demo.add_argument("--out", default="demo_out")
-    _add_run_options(demo, "oracle")
-    # The demo's reference is itself approximate (see ibisagent/demo.py): stop at 0.85 against it.
+    _add_run_options(demo, "lite")
+    # The demo's reference is itself approximate (see ibisagent/demo.py): it scores the answer, and the oracle
+    # (--policy oracle) stops at 0.85 against it.
     demo.set_defaults(handler=_demo, slice=None, window=None, history=False, target_iou=0.85)
 
     evaluate = commands.add_parser("evaluate", help="evaluate over a manifest split")

@@ -4,8 +4,8 @@ A datalist is MONAI's decathlon layout (`{"testing": [{"image": ..., "query": ..
 "label": ...}]}`, paths relative to the file) or a list of such items. `image`
 is a 2D image file (outputs: mask.png, overlays, trajectory.json) or a DICOM
 series folder (outputs: seg.dcm and seg.json; `target` names the segment for
-its codes, `slice` picks the slice). `label`, a reference mask, is only
-needed by the oracle policy.
+its codes, `slice` picks the slice). `label`, a reference mask, steers the
+oracle policy; any other policy's answer is scored against it (`reference_iou`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from .agent import Agent
 from .imaging.io import read_image, read_mask
 from .outputs import write_json_atomic, write_run
+from .metrics import iou
 from .policies import build_policy
 from .prompting import load_prompts
 from .tools.base import SegmentationTool
@@ -36,7 +37,7 @@ def load_datalist(datalist: str | Path | Sequence[dict], key: str = "testing") -
 
 class AgentWorkflow:
     def __init__(self, tool: SegmentationTool, datalist: str | Path | Sequence[dict], output_dir: str | Path,
-                 policy: str = "oracle", policy_options: dict[str, Any] | None = None,
+                 policy: str = "lite", policy_options: dict[str, Any] | None = None,
                  prompts: str | Path | None = None, max_turns: int = 20, target_iou: float = 0.9):
         self.tool = tool
         self.items = load_datalist(datalist)
@@ -46,10 +47,13 @@ class AgentWorkflow:
         self.prompts = load_prompts(prompts)
         self.max_turns = max_turns
         self.target_iou = target_iou
+        self._shared_policy = None  # every policy but the oracle serves all items
 
     def _policy(self, item: dict, shape: tuple[int, int]):
         if self.policy_name != "oracle":
-            return build_policy(self.policy_name, **self.policy_options)
+            if self._shared_policy is None:
+                self._shared_policy = build_policy(self.policy_name, **self.policy_options)
+            return self._shared_policy
         if not item.get("label"):
             raise ValueError(f"the oracle policy needs a 'label' mask for {Path(item['image']).name}")
         return build_policy("oracle", ground_truth=read_mask(item["label"], shape), target_iou=self.target_iou)
@@ -76,6 +80,8 @@ class AgentWorkflow:
         masks: list[np.ndarray] = []
         result = agent.run(loaded.rgb, item["query"], on_turn=lambda turn, mask: masks.append(mask))
         entry.update(status=result.status.value, clicks=len(result.clicks), mask_area=int(result.mask.sum()))
+        if item.get("label") and self.policy_name != "oracle":  # a reference mask scores the policy's answer
+            entry["reference_iou"] = round(iou(result.mask, read_mask(item["label"], loaded.rgb.shape[:2])), 4)
         if result.status.completed:
             metadata = {"input": entry["image"], "query": item["query"], "policy": self.policy_name, "tool": self.tool.name}
             write_run(out_dir, loaded.rgb, result, masks, metadata)

@@ -54,24 +54,24 @@ class LiteTrainingConfig:
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: ["sft", "grpo"])
     # stage 1: SFT
-    sft_epochs: int = 6
+    sft_epochs: int = 5
     sft_batch_size: int = 64
     sft_learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     region_share: float = 0.5
     # stage 2: GRPO
-    grpo_iterations: int = 60
-    grpo_batch_size: int = 8  # episodes per iteration
-    grpo_group_size: int = 8  # sampled actions per state
+    grpo_iterations: int = 50
+    grpo_batch_size: int = 6  # episodes per iteration
+    grpo_group_size: int = 6  # sampled actions per state
     grpo_learning_rate: float = 1e-4
     grpo_kl: float = 0.05
-    grpo_max_steps: int = 8
+    grpo_max_steps: int = 6
     rewards: RewardConfig = field(default_factory=RewardConfig)
     # validation
     val_split: str = "val"
-    val_per_source: int | None = 40
+    val_per_source: int | None = 20
     val_max_turns: int = 10
-    validate_every: int = 20  # GRPO iterations between validations
+    validate_every: int = 25  # GRPO iterations between validations
     resume: bool = False
 
 
