@@ -213,7 +213,7 @@ def test_model_unloaded_mid_session_is_named(own_server, demo_image, demo_refere
 def test_cli_segment_through_a_dead_server_writes_nothing(tmp_path):
     out = tmp_path / "out"
     process = subprocess.run(
-        [sys.executable, "-m", "ibisagent.cli", "demo", "--server", f"127.0.0.1:{free_ports(1)[0]}",
+        [sys.executable, "-m", "ibisagent.cli", "demo", "--policy", "oracle", "--server", f"127.0.0.1:{free_ports(1)[0]}",
          "--out", str(out)], capture_output=True, text=True, timeout=120)  # --server: the served tool by default
     assert process.returncode == 2 and not out.exists()
     assert process.stderr.strip().splitlines()[-1].startswith("ibis: error: Triton at 127.0.0.1:")
