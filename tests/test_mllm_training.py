@@ -219,6 +219,12 @@ def test_sft_lora_loss_goes_down_then_the_merged_checkpoint_runs_the_agent(tiny_
     assert all(torch.equal(base[k], merged[k]) for k in vision)  # the vision tower stayed frozen
     assert any(not torch.equal(base[k], merged[k]) for k in language)  # the adapter was folded in
 
+    from ibisagent.cli import main
+
+    assert main(["merge-lora", "--adapter", result["adapter"], "--out", str(tmp_path / "merged-cli")]) == 0
+    again = load_file(tmp_path / "merged-cli" / "model.safetensors")
+    assert again.keys() == merged.keys() and all(torch.equal(again[k], merged[k]) for k in merged)
+
     policy = build_policy("hf", model_path=result["merged"], max_new_tokens=24)
     assert policy.processor.image_processor.size["longest_edge"] == TINY_PIXELS["max_pixels"]
     image = np.asarray(Image.open(exports / "sft" / _rows(exports / "sft")[0]["images"][0]))
@@ -259,3 +265,27 @@ def test_grpo_scores_sampled_answers_with_the_tool_and_logs_every_reward(tiny_qw
     assert max(entry["reward_std"] for entry in steps) > 0.0
     assert max(entry["rewards/format/std"] + entry["rewards/click_placement/std"] for entry in steps) > 0.0
     assert json.loads((tmp_path / "grpo" / "grpo_log.json").read_text()) == result["log_history"]
+
+
+def test_cli_export_and_the_shipped_training_configs(tmp_path, trajectory_file, capsys):
+    from monai.bundle import ConfigParser
+
+    from ibisagent.cli import main
+    from ibisagent.training.mllm_grpo import GRPORecipe
+    from ibisagent.training.mllm_sft import SFTRecipe
+
+    assert main(["export-mllm", "--kind", "grpo", "--trajectories", str(trajectory_file),
+                 "--out", str(tmp_path / "grpo")]) == 0
+    assert json.loads((tmp_path / "grpo" / "meta.json").read_text())["format"] == "ibisagent-mllm-grpo/1"
+    assert main(["export-mllm", "--kind", "sft", "--trajectories", str(trajectory_file), "--out", str(tmp_path / "x"),
+                 "--teacher-url", "http://127.0.0.1:9/v1"]) == 2
+    assert main(["train-grpo", "--model", str(tmp_path / "absent"), "--dataset", str(tmp_path / "grpo")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ibis:")]
+    assert errors == ["ibis: error: a teacher needs both --teacher-url URL and --teacher-model NAME",
+                           f"ibis: error: {tmp_path / 'absent'} is not a Hugging Face model folder (no config.json)"]
+    repo = Path(__file__).resolve().parents[1]
+    for name, section, kind in (("train_sft.yaml", "sft", SFTRecipe), ("train_grpo.yaml", "grpo", GRPORecipe)):
+        parser = ConfigParser()
+        parser.read_config(repo / "configs" / name)
+        recipe = parser.get_parsed_content(section)
+        assert isinstance(recipe, kind) and recipe.lora.rank > 0 and recipe.max_pixels >= recipe.min_pixels

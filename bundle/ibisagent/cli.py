@@ -1,4 +1,4 @@
-"""The `ibis` command: segment, segment-dicom, demo, evaluate, export-onnx, serve, bench, train-tool.
+"""The `ibis` command: segment, segment-dicom, demo, evaluate, export-onnx, serve, bench, train-tool, MLLM training.
 
 Every expected failure (bad input, unknown policy, unreachable server) ends
 with one line `ibis: error: ...` and exit status 2, and writes nothing.
@@ -270,6 +270,52 @@ def _train_lite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_mllm(args: argparse.Namespace) -> int:
+    from .prompting import load_prompts
+    from .training.mllm_export import Teacher, export_mllm
+
+    teacher = None
+    if args.teacher_url or args.teacher_model:
+        if not (args.teacher_url and args.teacher_model):
+            raise CommandError("a teacher needs both --teacher-url URL and --teacher-model NAME")
+        import os
+
+        teacher = Teacher(args.teacher_url, args.teacher_model, api_key=os.environ.get(args.teacher_key_env, "EMPTY"),
+                          timeout=args.timeout)
+    counts = export_mllm(args.trajectories, args.out, args.kind, load_prompts(args.prompts), teacher, args.limit)
+    print(f"{args.kind} dataset in {args.out}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
+    return 0
+
+
+def _train_mllm(args: argparse.Namespace) -> int:
+    """train-sft / train-grpo: run a bundle config's `run`, with the command line's overrides."""
+    from monai.bundle import ConfigParser
+
+    section = "sft" if args.command == "train-sft" else "grpo"
+    parser = ConfigParser()
+    parser.read_config(args.config)
+    overrides = {"model": args.model, "dataset": args.dataset, "out_dir": args.out, "merged_dir": args.merged,
+                 "max_steps": args.max_steps, "resume": True if args.resume else None}
+    for key, value in overrides.items():
+        if value is not None:
+            parser[f"{section}#{key}"] = value
+    try:
+        parser.get_parsed_content("run")
+    except RuntimeError as error:  # MONAI wraps what the recipe raised; report that in one line
+        cause = error.__cause__
+        while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise (cause if isinstance(cause, (ValueError, OSError)) else error) from None
+    return 0
+
+
+def _merge_lora(args: argparse.Namespace) -> int:
+    from .training.mllm_model import merge_adapter
+
+    print(f"merged checkpoint: {merge_adapter(args.adapter, args.out, args.base)}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Start Triton on the model repository, print one ready line, serve until SIGINT/SIGTERM."""
     from .serving.environment import find_triton, setup_server_env
@@ -425,6 +471,36 @@ def _parser() -> argparse.ArgumentParser:
     lite.add_argument("--stages", nargs="+", choices=("sft", "grpo"), help="run only these stages")
     lite.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     lite.set_defaults(handler=_train_lite)
+
+    export_mllm = commands.add_parser("export-mllm", help="trajectories -> an SFT or GRPO dataset for the MLLM policy")
+    export_mllm.add_argument("--kind", choices=("sft", "grpo"), required=True)
+    export_mllm.add_argument("--trajectories", nargs="+", required=True, help="files written by ibis trajectories")
+    export_mllm.add_argument("--out", required=True, help="dataset folder (replaced whole when complete)")
+    export_mllm.add_argument("--prompts", help="prompt wording file (default: the packaged wording)")
+    export_mllm.add_argument("--teacher-url", help="sft: rationales from this OpenAI-compatible endpoint")
+    export_mllm.add_argument("--teacher-model", help="sft: the teacher's served model name")
+    export_mllm.add_argument("--teacher-key-env", default="OPENAI_API_KEY", help="environment variable with its key")
+    export_mllm.add_argument("--timeout", type=float, default=60.0, help="teacher: seconds per request")
+    export_mllm.add_argument("--limit", type=int, help="at most N trajectory records")
+    export_mllm.set_defaults(handler=_export_mllm)
+
+    for name, config, what in (("train-sft", "configs/train_sft.yaml", "SFT (TRL, LoRA) of the MLLM policy"),
+                               ("train-grpo", "configs/train_grpo.yaml", "GRPO of the MLLM policy, tool in the loop")):
+        train_mllm = commands.add_parser(name, help=what)
+        train_mllm.add_argument("--config", default=config)
+        train_mllm.add_argument("--model", help="override the starting checkpoint folder")
+        train_mllm.add_argument("--dataset", help="override the dataset folder")
+        train_mllm.add_argument("--out", help="override the output folder")
+        train_mllm.add_argument("--merged", help="override where the merged checkpoint goes")
+        train_mllm.add_argument("--max-steps", type=int, help="stop after N optimiser steps")
+        train_mllm.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+        train_mllm.set_defaults(handler=_train_mllm)
+
+    merge = commands.add_parser("merge-lora", help="fold a LoRA adapter into its base; a checkpoint the hf policy loads")
+    merge.add_argument("--adapter", required=True, help="adapter folder (OUT/final of train-sft or train-grpo)")
+    merge.add_argument("--out", required=True)
+    merge.add_argument("--base", help="base checkpoint (default: the one the adapter records)")
+    merge.set_defaults(handler=_merge_lora)
 
     bench = commands.add_parser("bench", help="encoder and decoder latency, torch vs onnxruntime; with --server, Triton vs in-process")
     bench.add_argument("--tool", default="lite-medsam")
