@@ -288,4 +288,5 @@ def test_cli_export_and_the_shipped_training_configs(tmp_path, trajectory_file, 
         parser = ConfigParser()
         parser.read_config(repo / "configs" / name)
         recipe = parser.get_parsed_content(section)
-        assert isinstance(recipe, kind) and recipe.lora.rank > 0 and recipe.max_pixels >= recipe.min_pixels
+        assert isinstance(recipe, kind) and recipe.max_pixels >= recipe.min_pixels
+        assert recipe.lora.rank == 0 or recipe.lora.peft_config().target_modules == recipe.lora.target_modules
