@@ -96,7 +96,11 @@ def template_rationale(state: State) -> str:
 
 
 class Teacher:
-    """Rationales from a vision-language model behind an OpenAI-compatible endpoint (vLLM, transformers serve)."""
+    """Rationales from a vision-language model behind an OpenAI-compatible endpoint (vLLM, transformers serve).
+
+    Every state's image is sent to the endpoint: for patient data use a teacher
+    served inside the hospital network, never a public API.
+    """
 
     def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", timeout: float = 60.0,
                  max_retries: int = 2, max_tokens: int = 160):
@@ -157,7 +161,7 @@ class _Writer:
     """Files of one dataset folder, written into a staging folder."""
 
     def __init__(self, staging: Path, kind: ExportKind):
-        self.staging, self.kind = staging, kind
+        self.staging = staging
         (staging / "images").mkdir()
         if kind == "grpo":
             (staging / "targets").mkdir()

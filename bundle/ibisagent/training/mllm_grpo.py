@@ -158,7 +158,7 @@ def train_grpo(recipe: GRPORecipe, tool: SegmentationTool | None = None) -> dict
     dataset = load_mllm_dataset(recipe.dataset, "grpo")
     rewards = ToolRewards(tool or build_tool(recipe.tool), recipe.rewards)
     processor = load_processor(recipe.model, recipe.min_pixels, recipe.max_pixels)
-    model = load_model(recipe.model, dtype="float32" if recipe.use_cpu else "bfloat16")
+    model = load_model(recipe.model, dtype=recipe.dtype)
     args = GRPOConfig(**recipe.training_arguments(), num_generations=recipe.num_generations,
                       max_completion_length=recipe.max_completion_length, temperature=recipe.temperature,
                       beta=recipe.beta, reward_weights=rewards.weights(), remove_unused_columns=False)

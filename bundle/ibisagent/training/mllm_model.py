@@ -85,6 +85,9 @@ class RecipeSettings:
             raise ValueError("per_device_batch_size and gradient_accumulation_steps must be at least 1")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
+        if self.merged_dir and self.lora.rank == 0:
+            raise ValueError("merged_dir needs a LoRA adapter (lora.rank > 0); full fine-tuning saves the checkpoint "
+                             "itself in out_dir/final")
 
     def training_arguments(self) -> dict[str, Any]:
         """The keyword arguments common to SFTConfig and GRPOConfig."""
@@ -96,6 +99,11 @@ class RecipeSettings:
             save_steps=self.save_steps, seed=self.seed, use_cpu=self.use_cpu, report_to="none",
         )
         return {**arguments, **self.trainer_args}
+
+    @property
+    def dtype(self) -> str:
+        """The weights' dtype while training: bf16 on GPUs that use it, fp32 otherwise."""
+        return "bfloat16" if self.bf16 and not self.use_cpu else "float32"
 
     def resume_checkpoint(self) -> bool | None:
         """True when resuming and a checkpoint exists (the trainer then takes the newest)."""

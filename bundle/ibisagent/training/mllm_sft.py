@@ -34,7 +34,7 @@ def train_sft(recipe: SFTRecipe) -> dict:
 
     dataset = load_mllm_dataset(recipe.dataset, "sft")
     processor = load_processor(recipe.model, recipe.min_pixels, recipe.max_pixels)
-    model = load_model(recipe.model, dtype="float32" if recipe.use_cpu else "bfloat16")
+    model = load_model(recipe.model, dtype=recipe.dtype)
     args = SFTConfig(**recipe.training_arguments(), max_length=recipe.max_length, completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          peft_config=recipe.lora.peft_config())
