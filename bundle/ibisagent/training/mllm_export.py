@@ -66,7 +66,9 @@ class State:
 
     @property
     def key(self) -> str:
-        return _digest(self.record["image"], self.record["mask"], str(self.turn))
+        """Names this state's observation: the same image and mask in two trajectory files share it."""
+        previous = self.record["steps"][self.turn - 1]["mask"]["counts"] if self.turn else ""
+        return _digest(self.record["image"], self.record["mask"], str(self.turn), previous)
 
 
 def _digest(*parts: str) -> str:
