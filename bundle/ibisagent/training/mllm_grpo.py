@@ -159,9 +159,9 @@ def train_grpo(recipe: GRPORecipe, tool: SegmentationTool | None = None) -> dict
     rewards = ToolRewards(tool or build_tool(recipe.tool), recipe.rewards)
     processor = load_processor(recipe.model, recipe.min_pixels, recipe.max_pixels)
     model = load_model(recipe.model, dtype=recipe.dtype)
-    args = GRPOConfig(**recipe.training_arguments(), num_generations=recipe.num_generations,
-                      max_completion_length=recipe.max_completion_length, temperature=recipe.temperature,
-                      beta=recipe.beta, reward_weights=rewards.weights(), remove_unused_columns=False)
+    args = recipe.trainer_config(GRPOConfig, num_generations=recipe.num_generations,
+                                 max_completion_length=recipe.max_completion_length, temperature=recipe.temperature,
+                                 beta=recipe.beta, reward_weights=rewards.weights(), remove_unused_columns=False)
     trainer = GRPOTrainer(model=model, reward_funcs=rewards.functions(), args=args, train_dataset=dataset,
                           processing_class=processor, peft_config=recipe.lora.peft_config())
     return finish_training(trainer, recipe, processor, "grpo_log.json")

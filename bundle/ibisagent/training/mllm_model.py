@@ -89,6 +89,13 @@ class RecipeSettings:
             raise ValueError("merged_dir needs a LoRA adapter (lora.rank > 0); full fine-tuning saves the checkpoint "
                              "itself in out_dir/final")
 
+    def trainer_config(self, config_class: type, **specific: Any) -> Any:
+        """TRL's config (SFTConfig, GRPOConfig) from these settings; an unknown `trainer_args` key is one line."""
+        try:
+            return config_class(**self.training_arguments(), **specific)
+        except TypeError as error:
+            raise ValueError(f"trainer_args: {error}") from None
+
     def training_arguments(self) -> dict[str, Any]:
         """The keyword arguments common to SFTConfig and GRPOConfig."""
         arguments = dict(

@@ -35,7 +35,7 @@ def train_sft(recipe: SFTRecipe) -> dict:
     dataset = load_mllm_dataset(recipe.dataset, "sft")
     processor = load_processor(recipe.model, recipe.min_pixels, recipe.max_pixels)
     model = load_model(recipe.model, dtype=recipe.dtype)
-    args = SFTConfig(**recipe.training_arguments(), max_length=recipe.max_length, completion_only_loss=True)
+    args = recipe.trainer_config(SFTConfig, max_length=recipe.max_length, completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          peft_config=recipe.lora.peft_config())
     return finish_training(trainer, recipe, processor, "sft_log.json")
