@@ -269,6 +269,7 @@ def test_grpo_scores_sampled_answers_with_the_tool_and_logs_every_reward(tiny_qw
 
 def test_cli_export_and_the_shipped_training_configs(tmp_path, trajectory_file, capsys):
     from monai.bundle import ConfigParser
+    from trl import GRPOConfig, SFTConfig
 
     from ibisagent.cli import main
     from ibisagent.training.mllm_grpo import GRPORecipe
@@ -290,3 +291,8 @@ def test_cli_export_and_the_shipped_training_configs(tmp_path, trajectory_file, 
         recipe = parser.get_parsed_content(section)
         assert isinstance(recipe, kind) and recipe.max_pixels >= recipe.min_pixels
         assert recipe.lora.rank == 0 or recipe.lora.peft_config().target_modules == recipe.lora.target_modules
+        # TRL accepts every training argument the config passes (bf16 needs a GPU: checked on the CPU without it)
+        recipe.use_cpu, recipe.out_dir = True, str(tmp_path / section)
+        specific = {"num_generations": recipe.num_generations} if section == "grpo" else {}
+        arguments = recipe.trainer_config(SFTConfig if section == "sft" else GRPOConfig, **specific)
+        assert arguments.learning_rate == recipe.learning_rate
