@@ -143,6 +143,14 @@ def _demo(args: argparse.Namespace) -> int:
     return _segment(args)
 
 
+def _compared_policy(value: str) -> str:
+    from .policies import POLICY_NAMES
+
+    if value.partition("=")[0] not in POLICY_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown policy {value!r}; choose one of {', '.join(POLICY_NAMES)}")
+    return value
+
+
 def _select_pairs(pairs: list, per_source: int | None, limit: int | None) -> list:
     """At most `per_source` pairs of each source (in a fixed order), then at most `limit` in all."""
     if per_source:
@@ -181,7 +189,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     queries = load_queries(args.queries)
     prompts = load_prompts(args.prompts)
     names = list(dict.fromkeys([args.policy, *(args.compare or [])]))
-    shared = {name: build_policy(name, **_policy_options(args, None, name)) for name in names if name != "oracle"}
+
+    def build_shared(name: str):
+        kind, _, checkpoint = name.partition("=")  # `lite=PATH`: the lite policy with another checkpoint
+        if checkpoint and kind not in ("lite", "lite-one-click"):
+            raise CommandError(f"--compare {name!r}: only lite policies take a checkpoint (lite=PATH)")
+        options = _policy_options(args, None, kind)
+        return build_policy(kind, **(options | {"checkpoint": checkpoint} if checkpoint else options))
+
+    shared = {name: build_shared(name) for name in names if name != "oracle"}
 
     def policy_maker(name: str):
         def make_policy(ground_truth):
@@ -295,7 +311,8 @@ def _train_mllm(args: argparse.Namespace) -> int:
     parser = ConfigParser()
     parser.read_config(args.config)
     overrides = {"model": args.model, "dataset": args.dataset, "out_dir": args.out, "merged_dir": args.merged,
-                 "max_steps": args.max_steps, "resume": True if args.resume else None}
+                 "max_steps": args.max_steps, "resume": True if args.resume else None,
+                 "use_cpu": True if args.cpu else None}
     for key, value in overrides.items():
         if value is not None:
             parser[f"{section}#{key}"] = value
@@ -305,7 +322,9 @@ def _train_mllm(args: argparse.Namespace) -> int:
         cause = error.__cause__
         while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
             cause = cause.__cause__
-        raise (cause if isinstance(cause, (ValueError, OSError)) else error) from None
+        if isinstance(cause, (ValueError, OSError)):
+            raise cause from None
+        raise
     return 0
 
 
@@ -377,8 +396,6 @@ def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .policies import POLICY_NAMES
-
     parser = argparse.ArgumentParser(prog="ibis", description="Agentic medical image segmentation (IBISAgent).")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -412,8 +429,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="at most N pairs")
     evaluate.add_argument("--per-source", type=int, help="at most N pairs per source")
     evaluate.add_argument("--json", help="write the full report here")
-    evaluate.add_argument("--compare", action="append", choices=POLICY_NAMES,
-                          help="also run this policy on the same pairs and embeddings (repeatable), e.g. oracle")
+    evaluate.add_argument("--compare", action="append", type=_compared_policy,
+                          help="also run this policy on the same pairs and embeddings (repeatable): a policy name, "
+                               "or lite=CHECKPOINT for another IBIS-lite checkpoint")
     _add_run_options(evaluate, "oracle", tool_repeats=True)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -494,6 +512,7 @@ def _parser() -> argparse.ArgumentParser:
         train_mllm.add_argument("--merged", help="override where the merged checkpoint goes")
         train_mllm.add_argument("--max-steps", type=int, help="stop after N optimiser steps")
         train_mllm.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+        train_mllm.add_argument("--cpu", action="store_true", help="train on the CPU in fp32 (a smoke test)")
         train_mllm.set_defaults(handler=_train_mllm)
 
     merge = commands.add_parser("merge-lora", help="fold a LoRA adapter into its base; a checkpoint the hf policy loads")

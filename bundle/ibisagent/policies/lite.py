@@ -87,6 +87,9 @@ class LitePolicy(Policy):
         embedding = observation.embedding
         if embedding is None:
             raise PolicyError("the lite policy needs the tool's image embedding (run it through the Agent)")
+        if not isinstance(embedding.features, np.ndarray):
+            raise PolicyError("the lite policy reads the image embedding in process; this tool keeps it on a server "
+                              "(for Triton use the tool mapping with \"resident\": false)")
         expected = self.metadata.get("encoder_key")
         frame = embedding.frame
         if embedding.features.shape[1:] != (self.config.embedding_channels, self.config.grid, self.config.grid) \

@@ -60,7 +60,7 @@ class LiteTrainingConfig:
     weight_decay: float = 1e-4
     region_share: float = 0.5
     # stage 2: GRPO
-    grpo_iterations: int = 50
+    grpo_iterations: int = 25
     grpo_batch_size: int = 6  # episodes per iteration
     grpo_group_size: int = 6  # sampled actions per state
     grpo_learning_rate: float = 1e-4
