@@ -24,8 +24,13 @@ def test_demo_main_job(tmp_path):
     assert "turn  1: Positive Point" in done.stdout and "against the reference" in done.stdout
     trajectory = json.loads((out / "trajectory.json").read_text())
     assert trajectory["input"] == "examples_overlay.dcm" and trajectory["policy"] == "lite"
-    assert trajectory["reference_iou"] > 0.7, trajectory["reference_iou"]  # a plausible liver, not just any mask
     mask = np.asarray(Image.open(out / "mask.png"))
+    # A plausible liver: nearly all of the mask on the (approximate) reference liver, and much of the liver found.
+    from ibisagent.demo import DEMO_REFERENCE
+
+    reference = np.asarray(Image.open(DEMO_REFERENCE)) > 0
+    assert ((mask > 0) & reference).sum() / max((mask > 0).sum(), 1) > 0.9
+    assert trajectory["reference_iou"] > 0.5, trajectory["reference_iou"]
     assert mask.shape == (300, 484) and set(np.unique(mask)) <= {0, 255}
     assert int((mask > 0).sum()) == trajectory["final_mask_area"]
     assert len(list(out.glob("turn_*.png"))) == len(trajectory["turns"])

@@ -43,8 +43,8 @@ def load_lite_checkpoint(path: str | Path) -> tuple[LitePolicyNet, dict]:
     """The network and the checkpoint's metadata; a foreign or broken file is a clear error."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as error:
-        raise ValueError(f"cannot read lite policy {path}: {error}") from None
+    except Exception as error:  # a foreign file fails in many ways (pickle, zip, EOF, OS): one clear error
+        raise ValueError(f"cannot read lite policy {path}: {type(error).__name__}: {error}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != LITE_FORMAT:
         raise ValueError(f"{path} is not an IBIS-lite policy checkpoint (format {LITE_FORMAT})")
     config = LiteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["config"].items()})
