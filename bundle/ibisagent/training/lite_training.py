@@ -261,7 +261,7 @@ def _train_grpo(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embed
             for g in range(group):
                 for a, row in enumerate(active):
                     k = g * len(active) + a
-                    response = _response(flat[k], env, row, texts[row], float(probabilities[g, a]))
+                    response = _response(flat[k], env, row, texts[row], float(probabilities[g, a].detach()))
                     terms = step_rewards(StepOutcome(response, env.masks[row], masks[k], env.targets[row],
                                                      turn + 1), config.rewards)
                     rewards[g, a] = combine(terms, config.rewards)
