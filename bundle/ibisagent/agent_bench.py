@@ -88,7 +88,7 @@ def run_agent_bench(policies: list[str], tool_spec: str = "lite-medsam", manifes
             ratio = measured["onnxruntime"]["total_s"] / measured["torch"]["total_s"]
             rows.append(f"| {name} | ratio onnxruntime/torch | {ratio:.2f} | | | | |")
     header = [f"tool {torch_tool.name}; {len(chosen)} images (the demo MR + test-split images), medians per image "
-              f"after {warmup} warm-up runs, at most {max_turns} turns",
+              f"after {warmup} warm-up runs, at most {max_turns} turns", "",
               "| policy | backend | agent s/image | encoder ms | policy ms/turn | tool ms/click | turns |",
               "|---|---|---|---|---|---|---|"]
     return "\n".join(header + rows)
