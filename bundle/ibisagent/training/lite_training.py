@@ -273,7 +273,7 @@ def _train_grpo(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embed
             ((policy_loss + config.grpo_kl * kl) / config.grpo_max_steps).backward()
             log["reward"].append(float(rewards.mean()))
             log["reward_std"].append(float(rewards.std(axis=0).mean()))
-            log["kl"].append(float(kl))
+            log["kl"].append(kl.item())
             keep = list(range(len(active)))  # continue each episode with its first sample
             env.commit(active, [flat[a] for a in keep], masks[keep], new_logits[keep])
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
