@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from ibisagent.training.click_sampling import jittered_box, sample_click
 
