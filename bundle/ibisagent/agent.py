@@ -90,7 +90,7 @@ class Agent:
         self.history = history
 
     def _user_message(self, view: np.ndarray, query: str, turn: int) -> Message:
-        text = self.prompts.first(query) if turn == 0 else self.prompts.refinement(query)
+        text = self.prompts.user_text(query, turn)
         return {"role": "user", "content": [{"type": "image", "image": view}, {"type": "text", "text": text}]}
 
     def run(self, image: np.ndarray, query: str, on_turn: TurnCallback | None = None,

@@ -151,24 +151,14 @@ def _compared_policy(value: str) -> str:
     return value
 
 
-def _select_pairs(pairs: list, per_source: int | None, limit: int | None) -> list:
-    """At most `per_source` pairs of each source (in a fixed order), then at most `limit` in all."""
-    if per_source:
-        by_source: dict[str, list] = {}
-        for pair in sorted(pairs, key=lambda p: (str(p.image), p.label)):
-            by_source.setdefault(pair.source, []).append(pair)
-        pairs = [pair for group in by_source.values() for pair in group[:per_source]]
-    return pairs[:limit] if limit else pairs
-
-
 def _trajectories(args: argparse.Namespace) -> int:
-    from .evaluation import load_queries, read_manifest
+    from .evaluation import load_queries, read_manifest, select_pairs
     from .tools.factory import build_tool
     from .training.embedding_cache import EmbeddingCache
     from .training.trajectories import TrajectoryConfig, write_trajectories
 
     config = TrajectoryConfig(args.target_iou, args.max_steps, tuple(args.query_kind))
-    pairs = _select_pairs(read_manifest(args.manifest, args.split), args.per_source, args.limit)
+    pairs = select_pairs(read_manifest(args.manifest, args.split), args.per_source, args.limit)
     if not pairs:
         raise CommandError(f"no pairs in split {args.split!r} of {args.manifest}")
     tool = build_tool(args.tool)
@@ -179,13 +169,13 @@ def _trajectories(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_policies, load_queries, markdown_table, read_manifest, summarise
+    from .evaluation import evaluate_policies, load_queries, markdown_table, read_manifest, select_pairs, summarise
     from .outputs import write_json_atomic
     from .policies import build_policy
     from .prompting import load_prompts
     from .tools.factory import build_tool
 
-    pairs = _select_pairs(read_manifest(args.manifest, args.split), args.per_source, args.limit)
+    pairs = select_pairs(read_manifest(args.manifest, args.split), args.per_source, args.limit)
     queries = load_queries(args.queries)
     prompts = load_prompts(args.prompts)
     names = list(dict.fromkeys([args.policy, *(args.compare or [])]))
@@ -257,32 +247,42 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_tool(args: argparse.Namespace) -> int:
+def _run_bundle_config(config: str, overrides: dict[str, object]) -> None:
+    """Run a bundle config's `run` with the command line's overrides (None = keep the config's value).
+
+    MONAI wraps what the recipe raised in RuntimeErrors; a ValueError or
+    OSError underneath is re-raised so the CLI reports it in one line.
+    """
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(args.config)
-    overrides = {"manifest": args.manifest, "click_tuning#out_dir": args.out, "click_tuning#epochs": args.epochs,
-                 "click_tuning#limit_train": args.limit_train, "click_tuning#limit_val": args.limit_val,
-                 "click_tuning#resume": True if args.resume else None}
+    parser.read_config(config)
     for key, value in overrides.items():
         if value is not None:
             parser[key] = value
-    parser.get_parsed_content("run")
+    try:
+        parser.get_parsed_content("run")
+    except RuntimeError as error:
+        cause = error.__cause__
+        while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, (ValueError, OSError)):
+            raise cause from None
+        raise
+
+
+def _train_tool(args: argparse.Namespace) -> int:
+    _run_bundle_config(args.config, {
+        "manifest": args.manifest, "click_tuning#out_dir": args.out, "click_tuning#epochs": args.epochs,
+        "click_tuning#limit_train": args.limit_train, "click_tuning#limit_val": args.limit_val,
+        "click_tuning#resume": True if args.resume else None})
     return 0
 
 
 def _train_lite(args: argparse.Namespace) -> int:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(args.config)
-    overrides = {"manifest": args.manifest, "lite_training#out_dir": args.out,
-                 "lite_training#stages": args.stages, "lite_training#resume": True if args.resume else None}
-    for key, value in overrides.items():
-        if value is not None:
-            parser[key] = value
-    parser.get_parsed_content("run")
+    _run_bundle_config(args.config, {
+        "manifest": args.manifest, "lite_training#out_dir": args.out, "lite_training#stages": args.stages,
+        "lite_training#resume": True if args.resume else None})
     return 0
 
 
@@ -304,27 +304,12 @@ def _export_mllm(args: argparse.Namespace) -> int:
 
 
 def _train_mllm(args: argparse.Namespace) -> int:
-    """train-sft / train-grpo: run a bundle config's `run`, with the command line's overrides."""
-    from monai.bundle import ConfigParser
-
+    """train-sft / train-grpo: run the bundle config with the command line's overrides."""
     section = "sft" if args.command == "train-sft" else "grpo"
-    parser = ConfigParser()
-    parser.read_config(args.config)
     overrides = {"model": args.model, "dataset": args.dataset, "out_dir": args.out, "merged_dir": args.merged,
                  "max_steps": args.max_steps, "resume": True if args.resume else None,
                  "use_cpu": True if args.cpu else None}
-    for key, value in overrides.items():
-        if value is not None:
-            parser[f"{section}#{key}"] = value
-    try:
-        parser.get_parsed_content("run")
-    except RuntimeError as error:  # MONAI wraps what the recipe raised; report that in one line
-        cause = error.__cause__
-        while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, (ValueError, OSError)):
-            raise cause from None
-        raise
+    _run_bundle_config(args.config, {f"{section}#{key}": value for key, value in overrides.items()})
     return 0
 
 

@@ -27,7 +27,7 @@ from .policies.base import Policy
 from .prompting import PromptSet
 from .tools.base import SegmentationTool
 
-__all__ = ["Pair", "read_manifest", "choose_query", "evaluate", "evaluate_policies", "summarise", "markdown_table",
+__all__ = ["Pair", "read_manifest", "select_pairs", "choose_query", "evaluate", "evaluate_policies", "summarise", "markdown_table",
            "CLICK_STEPS"]
 
 CLICK_STEPS = (1, 3, 5, 10)
@@ -61,6 +61,16 @@ def read_manifest(path: str | Path, split: str) -> list[Pair]:
     if not pairs:
         raise ValueError(f"manifest {path} has no pairs in split {split!r}")
     return pairs
+
+
+def select_pairs(pairs: list[Pair], per_source: int | None = None, limit: int | None = None) -> list[Pair]:
+    """At most `per_source` pairs of each source (in a fixed order), then at most `limit` in all."""
+    if per_source:
+        by_source: dict[str, list[Pair]] = defaultdict(list)
+        for pair in sorted(pairs, key=lambda p: (str(p.image), p.label)):
+            by_source[pair.source].append(pair)
+        pairs = [pair for group in by_source.values() for pair in group[:per_source]]
+    return pairs[:limit] if limit else pairs
 
 
 def choose_query(pair: Pair, queries: dict | None, kind: QueryKind) -> str | None:

@@ -26,6 +26,10 @@ class PromptSet:
     def refinement(self, query: str) -> str:
         return self.refinement_turn.format(query=query)
 
+    def user_text(self, query: str, turn: int) -> str:
+        """The text of turn `turn` (0-based): the first-turn wording, then the refinement wording."""
+        return self.first(query) if turn == 0 else self.refinement(query)
+
 
 def load_prompts(path: str | Path | None = None) -> PromptSet:
     """Load a prompt file; None gives the packaged default wording."""

@@ -34,9 +34,9 @@ def _shared_query_encoder() -> QueryEncoder:
 
 
 def shipped_lite_policy() -> Path:
-    from importlib import resources
+    from ..models import shipped_weights
 
-    return Path(str(resources.files("ibisagent.models").joinpath(LITE_POLICY_NAME)))
+    return shipped_weights(LITE_POLICY_NAME)
 
 
 def load_lite_checkpoint(path: str | Path) -> tuple[LitePolicyNet, dict]:

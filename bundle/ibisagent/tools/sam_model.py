@@ -22,9 +22,9 @@ CLICK_DECODER_NAME = "lite_medsam_click_decoder.pt"
 
 def shipped_click_decoder() -> Path:
     """Our click-tuned LiteMedSAM decoder, shipped in models/ (installed as `ibisagent.models`)."""
-    from importlib import resources
+    from ..models import shipped_weights
 
-    path = Path(str(resources.files("ibisagent.models").joinpath(CLICK_DECODER_NAME)))
+    path = shipped_weights(CLICK_DECODER_NAME)
     if not path.is_file():
         raise ValueError(f"the shipped click decoder {CLICK_DECODER_NAME} is missing from {path.parent}; "
                          "reinstall ibisagent, or use the tool lite-medsam-base")

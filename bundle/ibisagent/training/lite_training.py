@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from ..evaluation import Pair, choose_query, load_queries, read_manifest
+from ..evaluation import Pair, choose_query, load_queries, read_manifest, select_pairs
 from ..imaging.io import read_mask
 from ..imaging.transform import Frame
 from ..policies.lite import LITE_FORMAT, load_lite_checkpoint, rationale
@@ -99,13 +99,6 @@ def _episodes(pairs: list[Pair], size: int) -> _Episodes:
     return _Episodes(kept, frames, np.stack(targets), np.stack(valid))
 
 
-def _per_source(pairs: list[Pair], limit: int | None) -> list[Pair]:
-    by_source: dict[str, list[Pair]] = defaultdict(list)
-    for pair in sorted(pairs, key=lambda p: (str(p.image), p.label)):
-        by_source[pair.source].append(pair)
-    return [p for group in by_source.values() for p in group[:limit]]
-
-
 def _policy_step(network: LitePolicyNet, env: ClickEnvironment, rows: list[int], pooled: torch.Tensor,
                  queries: torch.Tensor) -> tuple[torch.distributions.Categorical, torch.Tensor]:
     maps, steps, blocked = state_tensors([env.state(r) for r in rows], network.config)
@@ -178,9 +171,8 @@ def _policy_checkpoint(network: LitePolicyNet, stage: str, tool: TorchSamTool, v
 def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: EmbeddingCache, encoder: QueryEncoder,
                queries: dict, validate, rng: np.random.Generator, out_dir: Path, state: dict) -> None:
     states = build_states(config.trajectories, network.config, config.region_share)
-    pooled = {image: pool_embedding(torch.from_numpy(cache.get(image)[None].astype(np.float32)))[0].half()
-              for image in tqdm(states.images, desc="pooled embeddings", unit="image")}
-    pooled_all = torch.stack([pooled[image] for image in states.images])
+    pooled_all = torch.stack([pool_embedding(torch.from_numpy(cache.get(image)[None].astype(np.float32)))[0].half()
+                              for image in tqdm(states.images, desc="pooled embeddings", unit="image")])
     wordings = label_queries(queries, states.labels)
     vectors = [torch.from_numpy(encoder(texts)) for texts in wordings]
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.sft_learning_rate, weight_decay=config.weight_decay)
@@ -326,7 +318,7 @@ def train_lite(config: LiteTrainingConfig) -> Path:
         state.update({k: checkpoint[k] for k in ("sft_optimizer", "grpo_optimizer") if k in checkpoint})
     state["tool"] = tool
 
-    episodes = _episodes(_per_source(read_manifest(config.manifest, config.val_split), config.val_per_source),
+    episodes = _episodes(select_pairs(read_manifest(config.manifest, config.val_split), config.val_per_source),
                          network.config.frame_size)
     vectors = {kind: torch.from_numpy(encoder([choose_query(p, queries, kind) or f"Segment the {p.label}."
                                                 for p in episodes.pairs])) for kind in ("referring", "reasoning")}

@@ -138,14 +138,9 @@ def iter_states(record: dict, include_final: bool) -> Iterator[State]:
         yield State(record, len(record["steps"]), previous, Action.terminate(), previous_iou)
 
 
-def _user_text(prompts: PromptSet, state: State) -> str:
-    query = state.record["query"]
-    return prompts.first(query) if state.turn == 0 else prompts.refinement(query)
-
-
 def _prompt(prompts: PromptSet, state: State) -> list[dict]:
     """System + one user turn with string contents: TRL places the image before the user text, as `Agent` does."""
-    return [{"role": "system", "content": prompts.system}, {"role": "user", "content": _user_text(prompts, state)}]
+    return [{"role": "system", "content": prompts.system}, {"role": "user", "content": prompts.user_text(state.record["query"], state.turn)}]
 
 
 def _read_image(path: str, size: list[int], where: str) -> np.ndarray:
