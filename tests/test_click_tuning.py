@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from ibisagent.training.click_sampling import jittered_box, sample_click
 
@@ -32,6 +33,15 @@ def test_jittered_box_stays_near_the_target_and_inside_the_image():
         assert box.min() >= 0 and box[2] <= 59 and box[3] <= 49
 
 
+def test_per_epoch_settings_repeat_their_last_entry():
+    from ibisagent.training.click_tuning import at_epoch
+
+    assert at_epoch(0.25, 7) == 0.25
+    assert [at_epoch([0.25, 0.5], epoch) for epoch in range(4)] == [0.25, 0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match="at least one value"):
+        at_epoch([], 0)
+
+
 def test_embedding_cache_computes_once(tmp_path, lite_tool, real_pairs):
     from ibisagent.training.embedding_cache import EmbeddingCache
 
@@ -48,15 +58,22 @@ def test_short_training_run_resumes_and_its_decoder_loads(tmp_path, med2d_manife
     from ibisagent.tools.factory import build_tool
     from ibisagent.training.click_tuning import ClickTuningConfig, train_click_decoder
 
+    # Epoch 2 follows its own schedule entry: box batches only, distilled from the base decoder.
     config = ClickTuningConfig(manifest=str(med2d_manifest), out_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                               epochs=1, batch_size=4, limit_train=8, limit_val=4)
+                               epochs=1, batch_size=4, limit_train=8, limit_val=4, learning_rate=[2e-4, 5e-5],
+                               box_fraction=[0.25, 1.0], box_distillation=[0.0, 1.0])
     out = train_click_decoder(config)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["train_samples"] == 8 and len(summary["history"]) == 1
-    assert {"iou@1", "iou@5", "box_iou", "score"} <= set(summary["history"][0])
+    assert {"iou@1", "iou@5", "box_iou", "box_shortfall", "score"} <= set(summary["history"][0])
     config.epochs, config.resume = 2, True
     summary = json.loads((train_click_decoder(config) / "training_summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2]  # epoch 1 was not repeated
+    base = summary["base_val"]["by_source"]
+    for epoch in summary["history"]:  # the selection score pays for every source whose box IoU fell below the base
+        shortfall = sum(max(0.0, base[s]["box_iou"] - box) for s, box in epoch["box_iou_by_source"].items())
+        assert epoch["box_shortfall"] == pytest.approx(shortfall)
+        assert epoch["score"] == pytest.approx((epoch["iou@1"] + epoch["iou@5"]) / 2 - shortfall)
     tuned = build_tool({"kind": "lite-medsam", "decoder_checkpoint": str(out / "best_decoder.pt")})
     base = build_tool("lite-medsam-base")
     embedding = base.encode(demo_image)

@@ -5,8 +5,13 @@ LiteMedSAM was trained with boxes only. Here the image encoder stays frozen
 simulation, as in interactive segmentation training: per batch a random
 number of click steps, each adding a click in the current error region and
 feeding the previous best logits back as `mask_input`, with a loss on every
-step. Box batches are mixed in so box prompts stay as good as before.
-Model selection is on the validation split, in the model-input frame.
+step. Box batches are mixed in so box prompts stay as good as before, and
+can be distilled from the frozen base decoder (learning without forgetting:
+the base was trained on boxes). Box fraction, distillation weight and
+learning rate may change per epoch (a list, the last entry repeating), so a
+resumed run and a run from scratch follow the same schedule. Model selection
+is on the validation split, in the model-input frame, and penalises any
+source whose box IoU fell below the base decoder's.
 """
 
 from __future__ import annotations
@@ -46,10 +51,11 @@ class ClickTuningConfig:
     cache_dir: str = "~/.cache/ibisagent/embeddings"
     epochs: int = 4
     batch_size: int = 8
-    learning_rate: float = 1e-4
+    learning_rate: float | list[float] = 1e-4
     weight_decay: float = 0.01
     max_click_steps: int = 6
-    box_fraction: float = 0.25
+    box_fraction: float | list[float] = 0.25
+    box_distillation: float | list[float] = 0.0
     exact_click_probability: float = 0.5
     seed: int = 0
     train_split: str = "train"
@@ -57,6 +63,15 @@ class ClickTuningConfig:
     limit_train: int | None = None
     limit_val: int | None = None
     resume: bool = False
+
+
+def at_epoch(value: float | list[float], epoch: int) -> float:
+    """A per-epoch setting: a number, or a list by epoch (0-based) whose last entry repeats."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not value:
+        raise ValueError("a per-epoch setting needs at least one value")
+    return float(value[min(epoch, len(value) - 1)])
 
 
 @dataclass
@@ -158,25 +173,36 @@ def _click_rollout(decoder: PromptDecoder, features: torch.Tensor, targets: torc
 
 
 def _box_step(decoder: PromptDecoder, features: torch.Tensor, targets: torch.Tensor,
-              rng: np.random.Generator | None, train: bool) -> np.ndarray:
-    """One box prompt on the single-mask output; jittered when training. Returns IoUs (B,)."""
+              rng: np.random.Generator | None, train: bool,
+              teacher: PromptDecoder | None = None, distillation: float = 0.0) -> np.ndarray:
+    """One box prompt on the single-mask output; jittered when training. With a `teacher` and a
+    `distillation` weight, the loss adds BCE towards the teacher's probabilities. Returns IoUs (B,)."""
     masks = targets.numpy() > 0.5
     boxes = [jittered_box(m, rng) if rng is not None else jittered_box(m, np.random.default_rng(0), 0.0) for m in masks]
     points = [[(b[0], b[1], LABEL_BOX_START), (b[2], b[3], LABEL_BOX_END)] for b in boxes]
     coords, labels = prompt_tensors(points)
     coords, labels = coords[:, :2], labels[:, :2]  # a box takes no padding point, as in SAM
     side = targets.shape[-1]
+    no_mask = torch.zeros(len(masks), 1, side, side), torch.zeros(len(masks))
     with torch.set_grad_enabled(train):
-        logits, iou_prediction = decoder(features, coords, labels, torch.zeros(len(masks), 1, side, side),
-                                         torch.zeros(len(masks)))
+        logits, iou_prediction = decoder(features, coords, labels, *no_mask)
         if train:
-            _step_loss(logits[:, :1], iou_prediction[:, :1], targets).backward()
+            loss = _step_loss(logits[:, :1], iou_prediction[:, :1], targets)
+            if teacher is not None and distillation > 0:
+                with torch.no_grad():
+                    teacher_probability = torch.sigmoid(teacher(features, coords, labels, *no_mask)[0][:, :1])
+                loss = loss + distillation * F.binary_cross_entropy_with_logits(logits[:, :1], teacher_probability)
+            loss.backward()
     predictions = logits.detach()[:, 0].numpy() > 0
     return (predictions & masks).sum(axis=(1, 2)) / np.maximum((predictions | masks).sum(axis=(1, 2)), 1)
 
 
-def validate(decoder: PromptDecoder, data: _Batches, batch_size: int = 16) -> dict:
-    """Exact simulator clicks and exact boxes on every sample; means per source and over sources."""
+def validate(decoder: PromptDecoder, data: _Batches, batch_size: int = 16, base: dict | None = None) -> dict:
+    """Exact simulator clicks and exact boxes on every sample; means per source and over sources.
+
+    The score is (IoU@1 + IoU@5) / 2 over sources, minus every source's box-IoU shortfall
+    against `base` (the base decoder's validation), so a checkpoint that trades box
+    quality on one source for clicks is not kept."""
     decoder.eval()
     per_source: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for start in range(0, len(data.samples), batch_size):
@@ -191,7 +217,10 @@ def validate(decoder: PromptDecoder, data: _Batches, batch_size: int = 16) -> di
                  for source, metrics in sorted(per_source.items())}
     keys = [f"iou@{k}" for k in VALIDATION_CLICKS] + ["box_iou"]
     overall = {key: float(np.mean([m[key] for m in by_source.values()])) for key in keys}
-    overall["score"] = (overall["iou@1"] + overall["iou@5"]) / 2.0
+    shortfall = sum(max(0.0, base["by_source"][source]["box_iou"] - metrics["box_iou"])
+                    for source, metrics in by_source.items() if base and source in base["by_source"])
+    overall["box_shortfall"] = shortfall
+    overall["score"] = (overall["iou@1"] + overall["iou@5"]) / 2.0 - shortfall
     return {"by_source": by_source, "overall": overall}
 
 
@@ -220,7 +249,9 @@ def train_click_decoder(config: ClickTuningConfig) -> Path:
     train_data, val_data = _Batches(train, embeddings), _Batches(val, embeddings)
 
     decoder = PromptDecoder(parts)  # holds only the prompt encoder and mask decoder: the encoder stays frozen
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    teacher = PromptDecoder(build_lite_medsam()).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=at_epoch(config.learning_rate, 0),
+                                  weight_decay=config.weight_decay)
     state = {"epoch": 0, "best_score": -1.0, "history": [], "base": None}
     last_path = out_dir / "last.pt"
     if config.resume and last_path.is_file():
@@ -236,22 +267,26 @@ def train_click_decoder(config: ClickTuningConfig) -> Path:
     steps_per_epoch = len(train) // config.batch_size
     for epoch in range(state["epoch"], config.epochs):
         decoder.train()
+        box_fraction, distillation = at_epoch(config.box_fraction, epoch), at_epoch(config.box_distillation, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = at_epoch(config.learning_rate, epoch)
         order = rng.permutation(len(train))
         progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
         running = []
         for step in progress:
             features, targets, _ = train_data.get(order[step * config.batch_size:(step + 1) * config.batch_size])
             optimizer.zero_grad(set_to_none=True)
-            if rng.random() < config.box_fraction:
-                ious = [_box_step(decoder, features, targets, rng, train=True)]
+            if rng.random() < box_fraction:
+                ious = [_box_step(decoder, features, targets, rng, True, teacher, distillation)]
             else:
                 steps = int(rng.integers(1, config.max_click_steps + 1))
                 ious = _click_rollout(decoder, features, targets, steps, rng, config.exact_click_probability, True)
             optimizer.step()
             running.append(float(np.mean(ious[-1])))
             progress.set_postfix(iou=f"{np.mean(running[-50:]):.3f}")
-        metrics = validate(decoder, val_data)
-        state["history"].append({"epoch": epoch + 1, **metrics["overall"]})
+        metrics = validate(decoder, val_data, base=state["base"])
+        box_by_source = {source: m["box_iou"] for source, m in metrics["by_source"].items()}
+        state["history"].append({"epoch": epoch + 1, **metrics["overall"], "box_iou_by_source": box_by_source})
         if metrics["overall"]["score"] > state["best_score"]:
             state["best_score"] = metrics["overall"]["score"]
             save_torch_atomic(_decoder_state(decoder), out_dir / "best_decoder.pt")
