@@ -89,12 +89,15 @@ def test_two_stage_training_runs_and_resumes(tmp_path, trajectory_file, med2d_ma
     config = LiteTrainingConfig(
         manifest=str(med2d_manifest), queries=str(med2d_manifest.parent / "queries.json"),
         trajectories=[str(trajectory_file)], out_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-        sft_epochs=2, sft_batch_size=4, grpo_iterations=1, grpo_batch_size=2, grpo_group_size=4, grpo_max_steps=2,
+        sft_epochs=2, sft_batch_size=4, dagger_rounds=1, dagger_pairs=3, dagger_max_steps=3,
+        grpo_iterations=1, grpo_batch_size=2, grpo_group_size=4, grpo_max_steps=2,
         val_per_source=1, val_max_turns=2, validate_every=1)
     out = train_lite(config)
     summary = json.loads((out / "training_summary.json").read_text())
     sft = [h for h in summary["history"] if h["stage"] == "sft"]
     assert len(sft) == 2 and sft[1]["loss"] < sft[0]["loss"]  # imitation learns on its own data
+    assert [h["epoch"] for h in summary["history"] if h["stage"] == "dagger"] == [3]
+    assert summary["dagger_states"][0] >= 3 and (out / "dagger_round1.pt").is_file()  # >= one state per pair
     log = summary["grpo_log"]
     assert len(log) == 1 and set(log[0]) >= {"format", "iou_level", "iou_increase", "click_placement", "length",
                                              "reward", "reward_std", "kl"}
@@ -105,6 +108,32 @@ def test_two_stage_training_runs_and_resumes(tmp_path, trajectory_file, med2d_ma
     summary = json.loads((train_lite(config) / "training_summary.json").read_text())
     assert [entry["iteration"] for entry in summary["grpo_log"]] == [1, 2]
     assert len([h for h in summary["history"] if h["stage"] == "sft"]) == 2  # SFT was not redone
+    assert len(summary["dagger_states"]) == 1  # nor the DAgger round
+
+
+def test_dagger_labels_the_states_the_policy_reaches(tmp_path, lite_tool, lite_policy, real_pairs):
+    from ibisagent.training.click_env import ClickEnvironment, load_episodes
+    from ibisagent.training.embedding_cache import EmbeddingCache
+    from ibisagent.training.lite_rollouts import collect_on_policy_states, greedy_rollout
+
+    episodes = load_episodes([p for p in real_pairs if p.source in ("imis-btcv", "kvasir-seg")], 256)
+    rows = list(range(len(episodes.pairs)))
+    cache = EmbeddingCache(tmp_path, lite_tool)
+    queries = torch.from_numpy(lite_policy.queries([f"Segment the {p.label}." for p in episodes.pairs]))
+    network = lite_policy.network
+    states = collect_on_policy_states(network, episodes, rows, cache, lite_tool.decoder, queries, max_turns=4,
+                                      target_iou=0.9, region_share=0.5)
+    visited = []
+    env = ClickEnvironment(lite_tool.decoder, episodes.features(cache, rows), episodes.targets, episodes.valid)
+    greedy_rollout(network, env, queries, 4, visit=lambda env, active, turn: visited.extend(active))
+    assert len(states) == len(visited)  # one labelled state per decision the policy made
+    assert int((states.steps[:, 0] == 0).sum()) == len(rows)
+    targets = states.targets.float()
+    assert torch.allclose(targets.sum(dim=1), torch.ones(len(states)), atol=1e-2)
+    cells = network.config.grid ** 2
+    first = states.steps[:, 0] == 0
+    assert float(targets[first][:, :cells].sum(dim=1).min()) > 0.99  # empty mask: the annotator clicks positive
+    assert float(targets[first][:, -1].max()) == 0.0  # and never stops before a click
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +156,14 @@ def test_shipped_policy_segments_real_targets(lite_tool, lite_policy, real_pairs
         assert all(not check_strict(turn.raw_text) for turn in result.turns)
         scores.append(iou(result.mask, target))
     assert np.mean(scores) > 0.6, scores
+
+
+def test_greedy_play_takes_the_likeliest_action_and_clicks_first():
+    from ibisagent.policies.lite_model import greedy_actions
+
+    probs = torch.tensor([[0.1, 0.3, 0.2, 0.4], [0.5, 0.1, 0.1, 0.3]])  # the last action is Terminate
+    assert greedy_actions(probs, may_stop=True).tolist() == [3, 0]
+    assert greedy_actions(probs, may_stop=False).tolist() == [1, 0]  # the first action is always a click
 
 
 def test_one_click_variant_stops_after_its_click(lite_tool, lite_policy, demo_image):

@@ -17,8 +17,8 @@ import torch
 
 from ..protocol import Action, format_response
 from .base import Message, Observation, Policy, PolicyError
-from .lite_model import (LiteConfig, LitePolicyNet, PolicyState, action_distribution, decode_action, pool_embedding,
-                         state_tensors, valid_region)
+from .lite_model import (LiteConfig, LitePolicyNet, PolicyState, action_distribution, decode_action, greedy_actions,
+                         pool_embedding, state_tensors, valid_region)
 from .query_encoder import QueryEncoder
 
 __all__ = ["LitePolicy", "load_lite_checkpoint", "shipped_lite_policy", "rationale", "LITE_FORMAT"]
@@ -110,8 +110,7 @@ class LitePolicy(Policy):
             logits = self.network(features, maps, query, step)
             distribution = action_distribution(logits, blocked)
             # With no click yet there is nothing to stop on: the first action is always a click.
-            choices = distribution.probs if observation.clicks else distribution.probs[:, :-1]
-            index = int(choices.argmax(dim=1))
+            index = int(greedy_actions(distribution.probs, may_stop=bool(observation.clicks))[0])
             probability = float(distribution.probs[0, index])
         kind, fx, fy = decode_action(index, self.config)
         x, y = min(max(fx / scale_x, 0.0), 1.0), min(max(fy / scale_y, 0.0), 1.0)

@@ -23,7 +23,7 @@ from torch import nn
 from ..imaging.transform import Frame
 
 __all__ = ["LiteConfig", "LitePolicyNet", "PolicyState", "state_tensors", "action_distribution", "masked_logits", "pool_embedding",
-           "decode_action", "valid_region", "cell_to_frame_xy", "frame_xy_to_cell", "STATE_CHANNELS"]
+           "greedy_actions", "decode_action", "valid_region", "cell_to_frame_xy", "frame_xy_to_cell", "STATE_CHANNELS"]
 
 STATE_CHANNELS = 4  # mask, image area (not padding), positive clicks, negative clicks
 
@@ -177,3 +177,14 @@ def masked_logits(logits: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
     """Blocked click cells get a large negative logit (finite, so zero-weight targets stay NaN-free)."""
     allowed = torch.cat([~blocked, torch.ones_like(blocked[:, :1])], dim=1)
     return logits.masked_fill(~allowed, -1e9)
+
+
+def greedy_actions(probs: torch.Tensor, may_stop: bool) -> torch.Tensor:
+    """(B, A) action probabilities -> (B,) greedy action indices: the likeliest action, a click while
+    `may_stop` is false.
+
+    Measured alternative, not used: stop only when Terminate outweighs all clicks together. On
+    validation with the agent's 20-turn budget it scored lower (0.719 vs 0.729) and on the demo MR it
+    never stopped, undoing a good first click (docs/lite.md).
+    """
+    return probs.argmax(dim=1) if may_stop else probs[:, :-1].argmax(dim=1)

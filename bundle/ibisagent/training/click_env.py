@@ -1,5 +1,8 @@
 """The agent's environment for training, batched: clicks in, the tool's masks out, in the model-input frame.
 
+`Episodes` holds the pairs to play (targets and padding maps in the frame,
+embeddings from the cache on demand); `ClickEnvironment` plays a batch.
+
 GRPO scores several candidate actions per state with the tool in the loop,
 and validation rolls whole episodes out; both need many decoder calls, so
 this environment runs the tool's prompt decoder (torch) on a batch of
@@ -14,13 +17,43 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
-from ..policies.lite_model import PolicyState
+from ..evaluation import Pair
+from ..imaging.io import read_mask
+from ..imaging.transform import Frame
+from ..policies.lite_model import PolicyState, valid_region
 from ..tools.base import LABEL_NEGATIVE, LABEL_POSITIVE
 from ..tools.sam_model import PromptDecoder
 from .click_tuning import prompt_tensors
+from .embedding_cache import EmbeddingCache
 
-__all__ = ["ClickEnvironment", "Candidate"]
+__all__ = ["ClickEnvironment", "Candidate", "Episodes", "load_episodes"]
+
+
+@dataclass
+class Episodes:
+    """Pairs ready for rollouts: frame targets and padding maps; cached features on demand."""
+
+    pairs: list[Pair]
+    frames: list[Frame]
+    targets: np.ndarray  # (N, S, S) bool
+    valid: np.ndarray  # (N, S, S) bool
+
+    def features(self, cache: EmbeddingCache, rows: list[int]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([cache.get(self.pairs[r].image) for r in rows]).astype(np.float32))
+
+
+def load_episodes(pairs: list[Pair], size: int) -> Episodes:
+    """The pairs with a non-empty target in the `size`-px model frame (empty ones give nothing to play)."""
+    frames, targets, valid, kept = [], [], [], []
+    for pair in pairs:
+        with Image.open(pair.image) as image:
+            frame = Frame(image.height, image.width, size)
+        target = frame.mask_to_input(read_mask(pair.mask, (frame.height, frame.width)))
+        if target.any():
+            kept.append(pair), frames.append(frame), targets.append(target), valid.append(valid_region(frame))
+    return Episodes(kept, frames, np.stack(targets), np.stack(valid))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from ..imaging.transform import Frame
 from ..policies.lite_model import LiteConfig, PolicyState, frame_xy_to_cell, state_tensors, valid_region
 from .trajectories import decode_mask, read_trajectories
 
-__all__ = ["StateSet", "build_states", "label_queries", "normalised_to_frame"]
+__all__ = ["StateSet", "action_target", "assemble_states", "build_states", "label_queries", "normalised_to_frame"]
 
 
 def normalised_to_frame(x: float, y: float, frame: Frame) -> tuple[float, float]:
@@ -52,6 +52,22 @@ class StateSet:
     def __len__(self) -> int:
         return len(self.image_index)
 
+    @staticmethod
+    def join(sets: list[StateSet]) -> StateSet:
+        """The sets as one, image and label indices remapped to the union of their lists."""
+        images = sorted({p for part in sets for p in part.images})
+        labels = sorted({l for part in sets for l in part.labels})
+        image_ids, label_ids = {p: i for i, p in enumerate(images)}, {l: i for i, l in enumerate(labels)}
+        return StateSet(
+            images, labels,
+            np.concatenate([np.asarray([image_ids[part.images[i]] for i in part.image_index], np.int64)
+                            for part in sets]),
+            np.concatenate([np.asarray([label_ids[part.labels[i]] for i in part.label_index], np.int64)
+                            for part in sets]),
+            [source for part in sets for source in part.sources], torch.cat([part.maps for part in sets]),
+            torch.cat([part.steps for part in sets]), torch.cat([part.blocked for part in sets]),
+            torch.cat([part.targets for part in sets]))
+
 
 def _region_weights(region: np.ndarray, grid: int) -> np.ndarray:
     """(G, G) weights over an error region: deeper cells weigh more; zeros when the region vanishes at G."""
@@ -64,8 +80,9 @@ def _region_weights(region: np.ndarray, grid: int) -> np.ndarray:
     return (weights / weights.sum()).astype(np.float32)
 
 
-def _target(state_mask: np.ndarray, truth: np.ndarray, click: tuple[float, float, bool] | None,
-            config: LiteConfig, region_share: float) -> np.ndarray:
+def action_target(state_mask: np.ndarray, truth: np.ndarray, click: tuple[float, float, bool] | None,
+                  config: LiteConfig, region_share: float) -> np.ndarray:
+    """The SFT target of one annotator action (a frame-pixel click, or None for Terminate)."""
     cells = config.grid * config.grid
     target = np.zeros(2 * cells + 1, np.float32)
     if click is None:
@@ -90,9 +107,7 @@ def build_states(trajectory_files: list[str | Path], config: LiteConfig, region_
         for record in read_trajectories(path):
             pairs.setdefault((record["image"], record["label"]), record)
     records = list(pairs.values())[:limit]
-    images, labels = sorted({r["image"] for r in records}), sorted({r["label"] for r in records})
-    image_ids, label_ids = {p: i for i, p in enumerate(images)}, {l: i for i, l in enumerate(labels)}
-    states, targets, image_index, label_index, sources = [], [], [], [], []
+    states, targets, images, labels, sources = [], [], [], [], []
     for record in tqdm(records, desc="states", unit="trajectory"):
         height, width = record["image_size"]
         frame = Frame(height, width, config.frame_size)
@@ -111,20 +126,27 @@ def build_states(trajectory_files: list[str | Path], config: LiteConfig, region_
             else:
                 break
             states.append(PolicyState(mask, valid, tuple(clicks), k))
-            targets.append(_target(mask, truth, action, config, region_share))
-            image_index.append(image_ids[record["image"]])
-            label_index.append(label_ids[record["label"]])
-            sources.append(record["source"])
+            targets.append(action_target(mask, truth, action, config, region_share))
+            images.append(record["image"]), labels.append(record["label"]), sources.append(record["source"])
             if action is not None:
                 clicks.append(action)
                 mask = frame.mask_to_input(decode_mask(steps[k]["mask"]))
+    return assemble_states(states, targets, images, labels, sources, config)
+
+
+def assemble_states(states: list[PolicyState], targets: list[np.ndarray], images: list[str], labels: list[str],
+                    sources: list[str], config: LiteConfig) -> StateSet:
+    """Decision points with their targets (one image, label and source each) as a training set."""
+    image_list, label_list = sorted(set(images)), sorted(set(labels))
+    image_ids, label_ids = {p: i for i, p in enumerate(image_list)}, {l: i for i, l in enumerate(label_list)}
     maps, step_features, blocked = state_tensors(states, config)
     target_tensor = torch.from_numpy(np.stack(targets))
     # A target on a blocked cell (the annotator clicked a cell twice) cannot be learned: drop and renormalise.
     target_tensor[:, :-1][blocked] = 0.0
     target_tensor = target_tensor / target_tensor.sum(dim=1, keepdim=True).clamp(min=1e-8)
-    keep = target_tensor.sum(dim=1) > 0.5
-    return StateSet(images, labels, np.asarray(image_index)[keep.numpy()], np.asarray(label_index)[keep.numpy()],
+    keep = (target_tensor.sum(dim=1) > 0.5).numpy()
+    return StateSet(image_list, label_list, np.asarray([image_ids[p] for p in images], np.int64)[keep],
+                    np.asarray([label_ids[l] for l in labels], np.int64)[keep],
                     [s for s, k in zip(sources, keep.tolist()) if k], maps[keep].half(), step_features[keep],
                     blocked[keep], target_tensor[keep].half())
 

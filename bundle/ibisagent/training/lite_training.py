@@ -1,6 +1,8 @@
 """Train IBIS-lite with the paper's two stages: SFT on simulated trajectories, then GRPO with the tool in the loop.
 
-Stage 1 (SFT) imitates the annotator of `ibis trajectories`. Stage 2 (GRPO)
+Stage 1 (SFT) imitates the annotator of `ibis trajectories`, then, in
+optional DAgger rounds, the annotator's answers on the states the policy
+itself reaches (`lite_rollouts`), starting from the best SFT epoch. Stage 2 (GRPO)
 starts from the SFT policy: on its own rollouts, at each state it samples a
 group of actions, runs each through the segmentation tool, scores it with
 the five fine-grained rewards (`rewards.py`), and raises the probability of
@@ -21,26 +23,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
-from ..evaluation import Pair, choose_query, load_queries, read_manifest, select_pairs
-from ..imaging.io import read_mask
-from ..imaging.transform import Frame
+from ..evaluation import choose_query, load_queries, read_manifest, select_pairs
 from ..policies.lite import LITE_FORMAT, load_lite_checkpoint, rationale
-from ..policies.lite_model import (LiteConfig, LitePolicyNet, action_distribution, decode_action, masked_logits,
-                                   pool_embedding, state_tensors, valid_region)
+from ..policies.lite_model import (LiteConfig, LitePolicyNet, action_distribution, masked_logits, pool_embedding,
+                                   state_tensors)
 from ..policies.query_encoder import QUERY_ENCODER_NAME, QueryEncoder
 from ..outputs import save_torch_atomic
 from ..protocol import Action, format_response
 from ..tools.factory import build_tool
 from ..tools.torch_tool import TorchSamTool
-from .click_env import Candidate, ClickEnvironment
+from .click_env import Candidate, ClickEnvironment, load_episodes
 from .embedding_cache import EmbeddingCache
-from .lite_data import build_states, label_queries
+from .lite_data import StateSet, build_states, label_queries
+from .lite_rollouts import candidate, collect_on_policy_states, validate_policy
 from .rewards import RewardConfig, StepOutcome, combine, step_rewards
 
-__all__ = ["LiteTrainingConfig", "train_lite", "validate_policy"]
+__all__ = ["LiteTrainingConfig", "train_lite"]
 
 
 @dataclass
@@ -59,6 +59,12 @@ class LiteTrainingConfig:
     sft_learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     region_share: float = 0.5
+    # stage 1, continued: DAgger rounds after the SFT epochs (0: none)
+    dagger_rounds: int = 0
+    dagger_epochs: int = 1  # imitation epochs on the grown set per round
+    dagger_pairs: int | None = None  # training pairs rolled out per round (None: all)
+    dagger_max_steps: int = 6
+    dagger_target_iou: float = 0.9  # the annotator's Terminate, as in `ibis trajectories`
     # stage 2: GRPO
     grpo_iterations: int = 25
     grpo_batch_size: int = 6  # episodes per iteration
@@ -75,42 +81,6 @@ class LiteTrainingConfig:
     resume: bool = False
 
 
-@dataclass
-class _Episodes:
-    """Pairs ready for rollouts: cached features, frame targets, query choices."""
-
-    pairs: list[Pair]
-    frames: list[Frame]
-    targets: np.ndarray  # (N, S, S) bool
-    valid: np.ndarray  # (N, S, S) bool
-
-    def features(self, cache: EmbeddingCache, rows: list[int]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([cache.get(self.pairs[r].image) for r in rows]).astype(np.float32))
-
-
-def _episodes(pairs: list[Pair], size: int) -> _Episodes:
-    frames, targets, valid, kept = [], [], [], []
-    for pair in pairs:
-        with Image.open(pair.image) as image:
-            frame = Frame(image.height, image.width, size)
-        target = frame.mask_to_input(read_mask(pair.mask, (frame.height, frame.width)))
-        if target.any():
-            kept.append(pair), frames.append(frame), targets.append(target), valid.append(valid_region(frame))
-    return _Episodes(kept, frames, np.stack(targets), np.stack(valid))
-
-
-def _policy_step(network: LitePolicyNet, env: ClickEnvironment, rows: list[int], pooled: torch.Tensor,
-                 queries: torch.Tensor) -> tuple[torch.distributions.Categorical, torch.Tensor]:
-    maps, steps, blocked = state_tensors([env.state(r) for r in rows], network.config)
-    logits = network(pooled, maps, queries, steps)
-    return action_distribution(logits, blocked), logits
-
-
-def _candidate(index: int, config: LiteConfig) -> Candidate:
-    kind, x, y = decode_action(index, config)
-    return Candidate(kind, x, y)
-
-
 def _response(candidate: Candidate, env: ClickEnvironment, row: int, query: str, probability: float) -> str:
     """The protocol text the policy would print (coordinates normalised to the frame the masks live in)."""
     side = env.targets.shape[-1]
@@ -118,44 +88,6 @@ def _response(candidate: Candidate, env: ClickEnvironment, row: int, query: str,
     think = rationale(query, float(env.masks[row].mean()), len(env.clicks[row]), candidate.kind, x, y, probability)
     action = {"positive": Action.positive, "negative": Action.negative}.get(candidate.kind)
     return format_response(action(x, y) if action else Action.terminate(), think)
-
-
-@torch.no_grad()
-def validate_policy(network: LitePolicyNet, episodes: _Episodes, cache: EmbeddingCache, decoder,
-                    query_vectors: dict[str, torch.Tensor], max_turns: int, batch_size: int = 32) -> dict:
-    """Greedy rollouts (as the agent runs them): final and one-click IoU per source, per query kind."""
-    network.eval()
-    results: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for kind, vectors in query_vectors.items():
-        for start in range(0, len(episodes.pairs), batch_size):
-            rows = list(range(start, min(start + batch_size, len(episodes.pairs))))
-            features = episodes.features(cache, rows)
-            env = ClickEnvironment(decoder, features, episodes.targets[rows], episodes.valid[rows])
-            local = list(range(len(rows)))
-            pooled, queries = pool_embedding(features), vectors[rows]
-            first_iou = np.zeros(len(rows))
-            for turn in range(max_turns):
-                active = [i for i in local if not env.done[i]]
-                if not active:
-                    break
-                distribution, _ = _policy_step(network, env, active, pooled[active], queries[active])
-                probs = distribution.probs if turn > 0 else distribution.probs[:, :-1]
-                actions = [_candidate(int(i), network.config) for i in probs.argmax(dim=1)]
-                masks, logits = env.try_actions(active, actions)
-                env.commit(active, actions, masks, logits)
-                if turn == 0:
-                    first_iou[active] = env.iou(masks, active)
-            final = env.iou(env.masks, local)
-            for i, row in enumerate(rows):
-                source = episodes.pairs[row].source
-                results[source][f"{kind}_iou"].append(float(final[i]))
-                results[source][f"{kind}_one_click_iou"].append(float(first_iou[i]))
-                results[source][f"{kind}_clicks"].append(float(len(env.clicks[i])))
-    by_source = {s: {k: float(np.mean(v)) for k, v in m.items()} for s, m in sorted(results.items())}
-    keys = sorted({k for m in by_source.values() for k in m})
-    overall = {k: float(np.mean([m[k] for m in by_source.values() if k in m])) for k in keys}
-    overall["score"] = float(np.mean([overall[f"{kind}_iou"] for kind in query_vectors]))
-    return {"by_source": by_source, "overall": overall}
 
 
 def _policy_checkpoint(network: LitePolicyNet, stage: str, tool: TorchSamTool, validation: dict,
@@ -168,21 +100,56 @@ def _policy_checkpoint(network: LitePolicyNet, stage: str, tool: TorchSamTool, v
     }
 
 
+def _pooled_embeddings(cache: EmbeddingCache, images: list[str]) -> torch.Tensor:
+    """(N, C, G/2, G/2) float16: what the trunk reads, for every image of a state set."""
+    return torch.stack([pool_embedding(torch.from_numpy(cache.get(image)[None].astype(np.float32)))[0].half()
+                        for image in tqdm(images, desc="pooled embeddings", unit="image")])
+
+
+def _dagger_round(network: LitePolicyNet, config: LiteTrainingConfig, cache: EmbeddingCache, encoder: QueryEncoder,
+                  queries: dict, rng: np.random.Generator, tool: TorchSamTool) -> StateSet:
+    """On-policy states of the current network on training pairs, labelled by the annotator."""
+    episodes = load_episodes(read_manifest(config.manifest, "train"), network.config.frame_size)
+    count = len(episodes.pairs) if config.dagger_pairs is None else min(config.dagger_pairs, len(episodes.pairs))
+    rows = sorted(int(r) for r in rng.choice(len(episodes.pairs), count, replace=False))
+    labels = sorted({episodes.pairs[r].label for r in rows})
+    wordings = dict(zip(labels, label_queries(queries, labels)))
+    texts = [wordings[episodes.pairs[r].label][rng.integers(len(wordings[episodes.pairs[r].label]))] for r in rows]
+    return collect_on_policy_states(network, episodes, rows, cache, tool.decoder, torch.from_numpy(encoder(texts)),
+                                    config.dagger_max_steps, config.dagger_target_iou, config.region_share)
+
+
 def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: EmbeddingCache, encoder: QueryEncoder,
                queries: dict, validate, rng: np.random.Generator, out_dir: Path, state: dict) -> None:
+    """SFT epochs on the trajectories, then DAgger rounds (each: collect, then `dagger_epochs` epochs on all)."""
     states = build_states(config.trajectories, network.config, config.region_share)
-    pooled_all = torch.stack([pool_embedding(torch.from_numpy(cache.get(image)[None].astype(np.float32)))[0].half()
-                              for image in tqdm(states.images, desc="pooled embeddings", unit="image")])
-    wordings = label_queries(queries, states.labels)
-    vectors = [torch.from_numpy(encoder(texts)) for texts in wordings]
+    total = config.sft_epochs + config.dagger_rounds * config.dagger_epochs
+    # A resumed run reads the rounds it already collected back, rather than replaying them with another policy.
+    started_rounds = -(-max(0, state["sft_epoch"] - config.sft_epochs) // config.dagger_epochs)
+    states = StateSet.join([states] + [torch.load(out_dir / f"dagger_round{k + 1}.pt", weights_only=False)
+                                       for k in range(started_rounds)])
+    pooled_all = _pooled_embeddings(cache, states.images)
+    vectors = [torch.from_numpy(encoder(texts)) for texts in label_queries(queries, states.labels)]
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.sft_learning_rate, weight_decay=config.weight_decay)
     if state.get("sft_optimizer"):
         optimizer.load_state_dict(state.pop("sft_optimizer"))
-    steps_per_epoch = len(states) // config.sft_batch_size
-    for epoch in range(state["sft_epoch"], config.sft_epochs):
+    for epoch in range(state["sft_epoch"], total):
+        dagger_epoch = epoch - config.sft_epochs
+        if dagger_epoch >= 0 and dagger_epoch % config.dagger_epochs == 0:
+            round_index = dagger_epoch // config.dagger_epochs
+            if round_index == 0:  # DAgger starts from the selected SFT policy, as GRPO does
+                network.load_state_dict(load_lite_checkpoint(out_dir / "sft_best.pt")[0].state_dict())
+            collected = _dagger_round(network, config, cache, encoder, queries, rng, state["tool"])
+            save_torch_atomic(collected, out_dir / f"dagger_round{round_index + 1}.pt")
+            state.setdefault("dagger_states", []).append(len(collected))
+            print(f"dagger round {round_index + 1}: {len(collected)} on-policy states", flush=True)
+            states = StateSet.join([states, collected])
+            pooled_all = _pooled_embeddings(cache, states.images)
+            vectors = [torch.from_numpy(encoder(texts)) for texts in label_queries(queries, states.labels)]
         network.train()
         order = rng.permutation(len(states))
-        progress = tqdm(range(steps_per_epoch), desc=f"sft {epoch + 1}/{config.sft_epochs}", unit="batch")
+        steps_per_epoch = len(states) // config.sft_batch_size
+        progress = tqdm(range(steps_per_epoch), desc=f"sft {epoch + 1}/{total}", unit="batch")
         running = []
         for step in progress:
             batch = order[step * config.sft_batch_size:(step + 1) * config.sft_batch_size]
@@ -197,13 +164,15 @@ def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embedd
             running.append(loss.item())
             progress.set_postfix(loss=f"{np.mean(running[-50:]):.3f}")
         metrics = validate(network)
-        state["history"].append({"stage": "sft", "epoch": epoch + 1, "loss": float(np.mean(running)),
+        stage = "sft" if dagger_epoch < 0 else "dagger"
+        state["history"].append({"stage": stage, "epoch": epoch + 1, "loss": float(np.mean(running)),
                                  **metrics["overall"]})
-        print(f"sft epoch {epoch + 1}: loss {np.mean(running):.3f}, val " +
+        print(f"{stage} epoch {epoch + 1}: loss {np.mean(running):.3f}, val " +
               ", ".join(f"{k} {v:.3f}" for k, v in metrics["overall"].items()), flush=True)
         if metrics["overall"]["score"] > state["sft_best"]:
             state["sft_best"] = metrics["overall"]["score"]
-            save_torch_atomic(_policy_checkpoint(network, "sft", state["tool"], metrics, config), out_dir / "sft_best.pt")
+            save_torch_atomic(_policy_checkpoint(network, stage, state["tool"], metrics, config),
+                              out_dir / "sft_best.pt")
         state["sft_epoch"] = epoch + 1
         _save_resume(out_dir, network, optimizer, rng, state, "sft_optimizer")
 
@@ -211,7 +180,7 @@ def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embedd
 def _train_grpo(network: LitePolicyNet, config: LiteTrainingConfig, cache: EmbeddingCache, encoder: QueryEncoder,
                 queries: dict, validate, rng: np.random.Generator, out_dir: Path, state: dict,
                 tool: TorchSamTool, reference: LitePolicyNet) -> None:
-    episodes = _episodes(read_manifest(config.manifest, "train"), network.config.frame_size)
+    episodes = load_episodes(read_manifest(config.manifest, "train"), network.config.frame_size)
     labels = sorted({p.label for p in episodes.pairs})
     wordings = dict(zip(labels, label_queries(queries, labels)))
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.grpo_learning_rate, weight_decay=config.weight_decay)
@@ -243,7 +212,7 @@ def _train_grpo(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embed
             if turn == 0:  # nothing to stop on yet: resample any Terminate as the best click
                 terminal = samples == logits.shape[1] - 1
                 samples[terminal] = distribution.probs[:, :-1].argmax(dim=1).expand(group, -1)[terminal]
-            candidates = [[_candidate(int(samples[g, a]), network.config) for a in range(len(active))]
+            candidates = [[candidate(int(samples[g, a]), network.config) for a in range(len(active))]
                           for g in range(group)]
             flat_rows = [active[a] for g in range(group) for a in range(len(active))]
             flat = [c for g in range(group) for c in candidates[g]]
@@ -318,7 +287,7 @@ def train_lite(config: LiteTrainingConfig) -> Path:
         state.update({k: checkpoint[k] for k in ("sft_optimizer", "grpo_optimizer") if k in checkpoint})
     state["tool"] = tool
 
-    episodes = _episodes(select_pairs(read_manifest(config.manifest, config.val_split), config.val_per_source),
+    episodes = load_episodes(select_pairs(read_manifest(config.manifest, config.val_split), config.val_per_source),
                          network.config.frame_size)
     vectors = {kind: torch.from_numpy(encoder([choose_query(p, queries, kind) or f"Segment the {p.label}."
                                                 for p in episodes.pairs])) for kind in ("referring", "reasoning")}
@@ -326,7 +295,8 @@ def train_lite(config: LiteTrainingConfig) -> Path:
     def validate(net: LitePolicyNet) -> dict:
         return validate_policy(net, episodes, cache, tool.decoder, vectors, config.val_max_turns)
 
-    if "sft" in config.stages and state["sft_epoch"] < config.sft_epochs:
+    imitation_epochs = config.sft_epochs + config.dagger_rounds * config.dagger_epochs
+    if "sft" in config.stages and state["sft_epoch"] < imitation_epochs:
         _train_sft(network, config, cache, encoder, queries, validate, rng, out_dir, state)
     if "grpo" in config.stages:
         if not (out_dir / "sft_best.pt").is_file():
