@@ -1,6 +1,6 @@
 """Copy a trained IBIS-lite checkpoint into models/ after checking it loads (it is saved as float16 already).
 
-    python scripts/ship_lite_policy.py runs/lite/grpo_best.pt models/lite_policy.pt
+    python scripts/ship_lite_policy.py runs/lite/sft_best.pt models/lite_policy.pt
 """
 
 import hashlib
