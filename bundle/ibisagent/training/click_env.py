@@ -36,7 +36,6 @@ class Episodes:
     """Pairs ready for rollouts: frame targets and padding maps; cached features on demand."""
 
     pairs: list[Pair]
-    frames: list[Frame]
     targets: np.ndarray  # (N, S, S) bool
     valid: np.ndarray  # (N, S, S) bool
 
@@ -46,14 +45,14 @@ class Episodes:
 
 def load_episodes(pairs: list[Pair], size: int) -> Episodes:
     """The pairs with a non-empty target in the `size`-px model frame (empty ones give nothing to play)."""
-    frames, targets, valid, kept = [], [], [], []
+    targets, valid, kept = [], [], []
     for pair in pairs:
         with Image.open(pair.image) as image:
             frame = Frame(image.height, image.width, size)
         target = frame.mask_to_input(read_mask(pair.mask, (frame.height, frame.width)))
         if target.any():
-            kept.append(pair), frames.append(frame), targets.append(target), valid.append(valid_region(frame))
-    return Episodes(kept, frames, np.stack(targets), np.stack(valid))
+            kept.append(pair), targets.append(target), valid.append(valid_region(frame))
+    return Episodes(kept, np.stack(targets), np.stack(valid))
 
 
 @dataclass(frozen=True)

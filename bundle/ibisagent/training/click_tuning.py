@@ -249,7 +249,8 @@ def train_click_decoder(config: ClickTuningConfig) -> Path:
     train_data, val_data = _Batches(train, embeddings), _Batches(val, embeddings)
 
     decoder = PromptDecoder(parts)  # holds only the prompt encoder and mask decoder: the encoder stays frozen
-    teacher = PromptDecoder(build_lite_medsam()).eval().requires_grad_(False)
+    distilling = any(at_epoch(config.box_distillation, epoch) > 0 for epoch in range(config.epochs))
+    teacher = PromptDecoder(build_lite_medsam()).eval().requires_grad_(False) if distilling else None
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=at_epoch(config.learning_rate, 0),
                                   weight_decay=config.weight_decay)
     state = {"epoch": 0, "best_score": -1.0, "history": [], "base": None}

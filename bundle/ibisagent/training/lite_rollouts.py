@@ -26,7 +26,7 @@ from .click_sampling import sample_click
 from .embedding_cache import EmbeddingCache
 from .lite_data import StateSet, action_target, assemble_states
 
-__all__ = ["candidate", "policy_step", "greedy_rollout", "validate_policy", "collect_on_policy_states"]
+__all__ = ["candidate", "greedy_rollout", "validate_policy", "collect_on_policy_states"]
 
 Visitor = Callable[[ClickEnvironment, list[int], int], None]
 
@@ -34,14 +34,6 @@ Visitor = Callable[[ClickEnvironment, list[int], int], None]
 def candidate(index: int, config: LiteConfig) -> Candidate:
     kind, x, y = decode_action(index, config)
     return Candidate(kind, x, y)
-
-
-def policy_step(network: LitePolicyNet, env: ClickEnvironment, rows: list[int], pooled: torch.Tensor,
-                queries: torch.Tensor) -> tuple[torch.distributions.Categorical, torch.Tensor]:
-    """The policy's distribution (blocked cells removed) and raw logits at the rows' current states."""
-    maps, steps, blocked = state_tensors([env.state(r) for r in rows], network.config)
-    logits = network(pooled, maps, queries, steps)
-    return action_distribution(logits, blocked), logits
 
 
 @torch.no_grad()
@@ -58,7 +50,8 @@ def greedy_rollout(network: LitePolicyNet, env: ClickEnvironment, queries: torch
             break
         if visit is not None:
             visit(env, active, turn)
-        distribution, _ = policy_step(network, env, active, pooled[active], queries[active])
+        maps, steps, blocked = state_tensors([env.state(r) for r in active], network.config)
+        distribution = action_distribution(network(pooled[active], maps, queries[active], steps), blocked)
         actions = [candidate(int(i), network.config) for i in greedy_actions(distribution.probs, may_stop=turn > 0)]
         masks, logits = env.try_actions(active, actions)
         env.commit(active, actions, masks, logits)

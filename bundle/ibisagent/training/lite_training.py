@@ -34,7 +34,7 @@ from ..outputs import save_torch_atomic
 from ..protocol import Action, format_response
 from ..tools.factory import build_tool
 from ..tools.torch_tool import TorchSamTool
-from .click_env import Candidate, ClickEnvironment, load_episodes
+from .click_env import Candidate, ClickEnvironment, Episodes, load_episodes
 from .embedding_cache import EmbeddingCache
 from .lite_data import StateSet, build_states, label_queries
 from .lite_rollouts import candidate, collect_on_policy_states, validate_policy
@@ -106,10 +106,9 @@ def _pooled_embeddings(cache: EmbeddingCache, images: list[str]) -> torch.Tensor
                         for image in tqdm(images, desc="pooled embeddings", unit="image")])
 
 
-def _dagger_round(network: LitePolicyNet, config: LiteTrainingConfig, cache: EmbeddingCache, encoder: QueryEncoder,
-                  queries: dict, rng: np.random.Generator, tool: TorchSamTool) -> StateSet:
+def _dagger_round(network: LitePolicyNet, config: LiteTrainingConfig, episodes: Episodes, cache: EmbeddingCache,
+                  encoder: QueryEncoder, queries: dict, rng: np.random.Generator, tool: TorchSamTool) -> StateSet:
     """On-policy states of the current network on training pairs, labelled by the annotator."""
-    episodes = load_episodes(read_manifest(config.manifest, "train"), network.config.frame_size)
     count = len(episodes.pairs) if config.dagger_pairs is None else min(config.dagger_pairs, len(episodes.pairs))
     rows = sorted(int(r) for r in rng.choice(len(episodes.pairs), count, replace=False))
     labels = sorted({episodes.pairs[r].label for r in rows})
@@ -133,18 +132,23 @@ def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embedd
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.sft_learning_rate, weight_decay=config.weight_decay)
     if state.get("sft_optimizer"):
         optimizer.load_state_dict(state.pop("sft_optimizer"))
+    episodes = None
     for epoch in range(state["sft_epoch"], total):
         dagger_epoch = epoch - config.sft_epochs
         if dagger_epoch >= 0 and dagger_epoch % config.dagger_epochs == 0:
             round_index = dagger_epoch // config.dagger_epochs
             if round_index == 0:  # DAgger starts from the selected SFT policy, as GRPO does
                 network.load_state_dict(load_lite_checkpoint(out_dir / "sft_best.pt")[0].state_dict())
-            collected = _dagger_round(network, config, cache, encoder, queries, rng, state["tool"])
+            if episodes is None:  # the training pairs, read once for all rounds
+                episodes = load_episodes(read_manifest(config.manifest, "train"), network.config.frame_size)
+            collected = _dagger_round(network, config, episodes, cache, encoder, queries, rng, state["tool"])
             save_torch_atomic(collected, out_dir / f"dagger_round{round_index + 1}.pt")
             state.setdefault("dagger_states", []).append(len(collected))
             print(f"dagger round {round_index + 1}: {len(collected)} on-policy states", flush=True)
+            images = states.images
             states = StateSet.join([states, collected])
-            pooled_all = _pooled_embeddings(cache, states.images)
+            if states.images != images:  # rollouts on images the trajectories lacked
+                pooled_all = _pooled_embeddings(cache, states.images)
             vectors = [torch.from_numpy(encoder(texts)) for texts in label_queries(queries, states.labels)]
         network.train()
         order = rng.permutation(len(states))
