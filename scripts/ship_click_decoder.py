@@ -8,8 +8,10 @@ import sys
 
 import torch
 
+from ibisagent.outputs import save_torch_atomic
+
 state = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
 half = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
-torch.save(half, sys.argv[2])
+save_torch_atomic(half, sys.argv[2])  # a killed copy never leaves a broken default
 digest = hashlib.sha256(open(sys.argv[2], "rb").read()).hexdigest()
 print(f"{sys.argv[2]}: {sum(v.numel() for v in half.values())} parameters, sha256 {digest}")

@@ -33,13 +33,43 @@ def test_jittered_box_stays_near_the_target_and_inside_the_image():
         assert box.min() >= 0 and box[2] <= 59 and box[3] <= 49
 
 
-def test_per_epoch_settings_repeat_their_last_entry():
-    from ibisagent.training.click_tuning import at_epoch
+def test_arbitrary_boxes_stay_in_the_frame_and_vary_in_size():
+    from ibisagent.training.click_tuning import random_box
 
-    assert at_epoch(0.25, 7) == 0.25
-    assert [at_epoch([0.25, 0.5], epoch) for epoch in range(4)] == [0.25, 0.5, 0.5, 0.5]
+    rng = np.random.default_rng(0)
+    boxes = np.array([random_box(64, rng) for _ in range(200)])
+    assert boxes.min() >= 0 and boxes.max() <= 63
+    sizes = boxes[:, 2:] - boxes[:, :2] + 1
+    assert sizes.min() >= 8 and sizes.max() > 48 and sizes.min() < 16
+
+
+def test_arbitrary_box_distillation_learns_only_from_the_teacher():
+    import torch
+
+    from ibisagent.tools.sam_model import PromptDecoder, build_lite_medsam
+    from ibisagent.training.click_tuning import _box_step
+
+    student, teacher = PromptDecoder(build_lite_medsam()), PromptDecoder(build_lite_medsam()).requires_grad_(False)
+    features = torch.randn(2, 256, 64, 64)
+    targets = torch.zeros(2, 256, 256)
+    targets[:, 100:140, 90:150] = 1.0
+    rng = np.random.default_rng(0)
+    _box_step(student, features, targets, rng, True, teacher, 1.0, arbitrary=True)
+    gradients = [p.grad for p in student.parameters() if p.grad is not None]
+    # A copy of the teacher has nothing to learn, whatever the target says.
+    assert gradients and max(float(g.abs().max()) for g in gradients) < 1e-6
+    with pytest.raises(ValueError, match="teacher"):
+        _box_step(student, features, targets, rng, True, None, 0.0, arbitrary=True)
+
+
+def test_scheduled_settings_repeat_their_last_entry():
+    from ibisagent.training.schedule import scheduled
+
+    assert scheduled(0.25, 7) == 0.25 and scheduled(None, 3) is None
+    assert [scheduled([0.25, 0.5], epoch) for epoch in range(4)] == [0.25, 0.5, 0.5, 0.5]
+    assert [scheduled([6, 20], k) for k in range(3)] == [6, 20, 20]
     with pytest.raises(ValueError, match="at least one value"):
-        at_epoch([], 0)
+        scheduled([], 0)
 
 
 def test_embedding_cache_computes_once(tmp_path, lite_tool, real_pairs):
@@ -58,10 +88,12 @@ def test_short_training_run_resumes_and_its_decoder_loads(tmp_path, med2d_manife
     from ibisagent.tools.factory import build_tool
     from ibisagent.training.click_tuning import ClickTuningConfig, train_click_decoder
 
-    # Epoch 2 follows its own schedule entry: box batches only, distilled from the base decoder.
-    config = ClickTuningConfig(manifest=str(med2d_manifest), out_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                               epochs=1, batch_size=4, limit_train=8, limit_val=4, learning_rate=[2e-4, 5e-5],
-                               box_fraction=[0.25, 1.0], box_distillation=[0.0, 1.0])
+    # Epoch 2 follows its own schedule entry: box batches only, distilled from the base decoder,
+    # half of them arbitrary boxes.
+    config = ClickTuningConfig(manifest=str(med2d_manifest), out_dir=str(tmp_path / "run"),
+                               cache_dir=str(tmp_path / "cache"), epochs=1, batch_size=4, limit_train=8, limit_val=4,
+                               learning_rate=[2e-4, 5e-5],
+                               box_fraction=[0.25, 1.0], box_distillation=[0.0, 1.0], random_box_fraction=[0.0, 0.5])
     out = train_click_decoder(config)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["train_samples"] == 8 and len(summary["history"]) == 1

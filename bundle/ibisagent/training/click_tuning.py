@@ -7,7 +7,10 @@ number of click steps, each adding a click in the current error region and
 feeding the previous best logits back as `mask_input`, with a loss on every
 step. Box batches are mixed in so box prompts stay as good as before, and
 can be distilled from the frozen base decoder (learning without forgetting:
-the base was trained on boxes). Box fraction, distillation weight and
+the base was trained on boxes). Some distilled batches may use arbitrary
+boxes (anywhere, any size, learnt from the teacher alone), so the base's box
+behaviour is kept beyond tight boxes around the training targets, for
+structures and modalities the training split lacks. Box fraction, distillation weight and
 learning rate may change per epoch (a list, the last entry repeating), so a
 resumed run and a run from scratch follow the same schedule. Model selection
 is on the validation split, in the model-input frame, and penalises any
@@ -38,8 +41,9 @@ from ..tools.onnx_tool import OnnxSamTool
 from ..tools.sam_model import PromptDecoder, build_lite_medsam
 from .click_sampling import jittered_box, sample_click
 from .embedding_cache import EmbeddingCache
+from .schedule import scheduled
 
-__all__ = ["ClickTuningConfig", "prompt_tensors", "train_click_decoder", "validate"]
+__all__ = ["ClickTuningConfig", "prompt_tensors", "random_box", "train_click_decoder", "validate"]
 
 VALIDATION_CLICKS = (1, 3, 5)
 
@@ -56,6 +60,7 @@ class ClickTuningConfig:
     max_click_steps: int = 6
     box_fraction: float | list[float] = 0.25
     box_distillation: float | list[float] = 0.0
+    random_box_fraction: float | list[float] = 0.0  # of the distilled box batches: arbitrary boxes, teacher only
     exact_click_probability: float = 0.5
     seed: int = 0
     train_split: str = "train"
@@ -63,15 +68,6 @@ class ClickTuningConfig:
     limit_train: int | None = None
     limit_val: int | None = None
     resume: bool = False
-
-
-def at_epoch(value: float | list[float], epoch: int) -> float:
-    """A per-epoch setting: a number, or a list by epoch (0-based) whose last entry repeats."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    if not value:
-        raise ValueError("a per-epoch setting needs at least one value")
-    return float(value[min(epoch, len(value) - 1)])
 
 
 @dataclass
@@ -172,13 +168,27 @@ def _click_rollout(decoder: PromptDecoder, features: torch.Tensor, targets: torc
     return ious
 
 
+def random_box(side: int, rng: np.random.Generator, min_size: int = 8) -> np.ndarray:
+    """A box (x0, y0, x1, y1) anywhere in a side x side frame, each side at least `min_size` long."""
+    size = rng.integers(min_size, side + 1, 2)
+    start = rng.integers(0, side - size + 1)
+    return np.concatenate([start, start + size - 1]).astype(np.float32)
+
+
 def _box_step(decoder: PromptDecoder, features: torch.Tensor, targets: torch.Tensor,
               rng: np.random.Generator | None, train: bool,
-              teacher: PromptDecoder | None = None, distillation: float = 0.0) -> np.ndarray:
+              teacher: PromptDecoder | None = None, distillation: float = 0.0, arbitrary: bool = False) -> np.ndarray:
     """One box prompt on the single-mask output; jittered when training. With a `teacher` and a
-    `distillation` weight, the loss adds BCE towards the teacher's probabilities. Returns IoUs (B,)."""
+    `distillation` weight, the loss adds BCE towards the teacher's probabilities. `arbitrary` boxes
+    (training only) ignore the targets: the teacher's output is the only label. Returns IoUs (B,)."""
     masks = targets.numpy() > 0.5
-    boxes = [jittered_box(m, rng) if rng is not None else jittered_box(m, np.random.default_rng(0), 0.0) for m in masks]
+    if arbitrary:
+        if rng is None or teacher is None or distillation <= 0:
+            raise ValueError("arbitrary boxes are learnt from the teacher: they need training with distillation")
+        boxes = [random_box(m.shape[0], rng) for m in masks]
+    else:
+        boxes = [jittered_box(m, rng) if rng is not None else jittered_box(m, np.random.default_rng(0), 0.0)
+                 for m in masks]
     points = [[(b[0], b[1], LABEL_BOX_START), (b[2], b[3], LABEL_BOX_END)] for b in boxes]
     coords, labels = prompt_tensors(points)
     coords, labels = coords[:, :2], labels[:, :2]  # a box takes no padding point, as in SAM
@@ -187,7 +197,7 @@ def _box_step(decoder: PromptDecoder, features: torch.Tensor, targets: torch.Ten
     with torch.set_grad_enabled(train):
         logits, iou_prediction = decoder(features, coords, labels, *no_mask)
         if train:
-            loss = _step_loss(logits[:, :1], iou_prediction[:, :1], targets)
+            loss = torch.zeros(()) if arbitrary else _step_loss(logits[:, :1], iou_prediction[:, :1], targets)
             if teacher is not None and distillation > 0:
                 with torch.no_grad():
                     teacher_probability = torch.sigmoid(teacher(features, coords, labels, *no_mask)[0][:, :1])
@@ -249,9 +259,9 @@ def train_click_decoder(config: ClickTuningConfig) -> Path:
     train_data, val_data = _Batches(train, embeddings), _Batches(val, embeddings)
 
     decoder = PromptDecoder(parts)  # holds only the prompt encoder and mask decoder: the encoder stays frozen
-    distilling = any(at_epoch(config.box_distillation, epoch) > 0 for epoch in range(config.epochs))
+    distilling = any(float(scheduled(config.box_distillation, epoch)) > 0 for epoch in range(config.epochs))
     teacher = PromptDecoder(build_lite_medsam()).eval().requires_grad_(False) if distilling else None
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=at_epoch(config.learning_rate, 0),
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=float(scheduled(config.learning_rate, 0)),
                                   weight_decay=config.weight_decay)
     state = {"epoch": 0, "best_score": -1.0, "history": [], "base": None}
     last_path = out_dir / "last.pt"
@@ -268,23 +278,28 @@ def train_click_decoder(config: ClickTuningConfig) -> Path:
     steps_per_epoch = len(train) // config.batch_size
     for epoch in range(state["epoch"], config.epochs):
         decoder.train()
-        box_fraction, distillation = at_epoch(config.box_fraction, epoch), at_epoch(config.box_distillation, epoch)
+        box_fraction = float(scheduled(config.box_fraction, epoch))
+        distillation = float(scheduled(config.box_distillation, epoch))
+        random_fraction = float(scheduled(config.random_box_fraction, epoch)) if distillation > 0 else 0.0
         for group in optimizer.param_groups:
-            group["lr"] = at_epoch(config.learning_rate, epoch)
+            group["lr"] = float(scheduled(config.learning_rate, epoch))
         order = rng.permutation(len(train))
         progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
         running = []
         for step in progress:
             features, targets, _ = train_data.get(order[step * config.batch_size:(step + 1) * config.batch_size])
             optimizer.zero_grad(set_to_none=True)
+            arbitrary = False
             if rng.random() < box_fraction:
-                ious = [_box_step(decoder, features, targets, rng, True, teacher, distillation)]
+                arbitrary = random_fraction > 0 and bool(rng.random() < random_fraction)
+                ious = [_box_step(decoder, features, targets, rng, True, teacher, distillation, arbitrary)]
             else:
                 steps = int(rng.integers(1, config.max_click_steps + 1))
                 ious = _click_rollout(decoder, features, targets, steps, rng, config.exact_click_probability, True)
             optimizer.step()
-            running.append(float(np.mean(ious[-1])))
-            progress.set_postfix(iou=f"{np.mean(running[-50:]):.3f}")
+            if not arbitrary:  # an arbitrary box's mask is not meant to match the target
+                running.append(float(np.mean(ious[-1])))
+                progress.set_postfix(iou=f"{np.mean(running[-50:]):.3f}")
         metrics = validate(decoder, val_data, base=state["base"])
         box_by_source = {source: m["box_iou"] for source, m in metrics["by_source"].items()}
         state["history"].append({"epoch": epoch + 1, **metrics["overall"], "box_iou_by_source": box_by_source})
