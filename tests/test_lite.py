@@ -134,6 +134,14 @@ def test_dagger_labels_the_states_the_policy_reaches(tmp_path, lite_tool, lite_p
     first = states.steps[:, 0] == 0
     assert float(targets[first][:, :cells].sum(dim=1).min()) > 0.99  # empty mask: the annotator clicks positive
     assert float(targets[first][:, -1].max()) == 0.0  # and never stops before a click
+    # No click can gain a whole IoU point: with that as the least useful gain the annotator
+    # stops at every later state, and the states themselves (the policy's) do not change.
+    stopping = collect_on_policy_states(network, episodes, rows, cache, lite_tool.decoder, queries, max_turns=4,
+                                        target_iou=0.9, region_share=0.5, min_gain=1.0)
+    later = stopping.steps[:, 0] > 0
+    assert len(stopping) == len(states) and torch.equal(stopping.maps, states.maps)
+    assert bool(later.any()) and bool((stopping.targets[later][:, -1] == 1).all())
+    assert torch.equal(stopping.targets[~later], states.targets[~later])
 
 
 @pytest.fixture(scope="module")

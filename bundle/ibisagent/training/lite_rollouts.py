@@ -4,7 +4,9 @@ Validation plays episodes as the agent does. DAgger plays the same way on
 training pairs and, at every state the policy itself reached, asks the
 simulated annotator what it would do there: a click at the
 distance-transform maximum of the larger error region, or Terminate once
-the mask reaches the target IoU. Imitating the annotator only on the
+the mask reaches the target IoU or (with `min_gain`) once even the
+annotator's click would raise the IoU by less than that: where the tool
+cannot be steered further, more clicks only drift. Imitating the annotator only on the
 annotator's own states leaves the policy lost after its first imperfect
 click; these labels cover the states it really visits.
 """
@@ -85,7 +87,7 @@ def validate_policy(network: LitePolicyNet, episodes: Episodes, cache: Embedding
 
 def collect_on_policy_states(network: LitePolicyNet, episodes: Episodes, rows: list[int], cache: EmbeddingCache,
                              decoder: PromptDecoder, queries: torch.Tensor, max_turns: int, target_iou: float,
-                             region_share: float, batch_size: int = 32) -> StateSet:
+                             region_share: float, min_gain: float | None = None, batch_size: int = 32) -> StateSet:
     """Every state the greedy policy reaches on `rows` (queries (len(rows), Q)), with the annotator's action."""
     config = network.config
     parts = []
@@ -97,10 +99,20 @@ def collect_on_policy_states(network: LitePolicyNet, episodes: Episodes, rows: l
         pairs = []
 
         def label(env: ClickEnvironment, active: list[int], turn: int) -> None:
-            for i, iou in zip(active, env.iou(env.masks[active], active)):
-                done = turn > 0 and iou >= target_iou
-                click = None if done else sample_click(env.masks[i], env.targets[i], annotator, 1.0)
-                action = None if click is None else (click[1] + 0.5, click[0] + 0.5, click[2])
+            ious = dict(zip(active, env.iou(env.masks[active], active)))
+            actions = {}
+            for i, iou in ious.items():
+                click = None if turn > 0 and iou >= target_iou else sample_click(env.masks[i], env.targets[i],
+                                                                                  annotator, 1.0)
+                actions[i] = None if click is None else (click[1] + 0.5, click[0] + 0.5, click[2])
+            clicking = [i for i in active if actions[i] is not None]
+            if min_gain is not None and turn > 0 and clicking:
+                tried = [Candidate("positive" if actions[i][2] else "negative", actions[i][0], actions[i][1])
+                         for i in clicking]
+                gains = env.iou(env.try_actions(clicking, tried)[0], clicking) - np.array([ious[i] for i in clicking])
+                actions.update({i: None for i, gain in zip(clicking, gains) if gain < min_gain})
+            for i in active:
+                action = actions[i]
                 state = env.state(i)  # the environment updates its masks in place: keep a copy
                 states.append(PolicyState(state.mask.copy(), state.valid, state.clicks, state.step))
                 targets.append(action_target(state.mask, env.targets[i], action, config, region_share))

@@ -39,6 +39,7 @@ from .embedding_cache import EmbeddingCache
 from .lite_data import StateSet, build_states, label_queries
 from .lite_rollouts import candidate, collect_on_policy_states, validate_policy
 from .rewards import RewardConfig, StepOutcome, combine, step_rewards
+from .schedule import scheduled
 
 __all__ = ["LiteTrainingConfig", "train_lite"]
 
@@ -59,12 +60,14 @@ class LiteTrainingConfig:
     sft_learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     region_share: float = 0.5
-    # stage 1, continued: DAgger rounds after the SFT epochs (0: none)
+    # stage 1, continued: DAgger rounds after the SFT epochs (0: none); pairs, steps and gain
+    # may be lists by round (the last entry repeating)
     dagger_rounds: int = 0
     dagger_epochs: int = 1  # imitation epochs on the grown set per round
-    dagger_pairs: int | None = None  # training pairs rolled out per round (None: all)
-    dagger_max_steps: int = 6
+    dagger_pairs: int | None | list[int | None] = None  # training pairs rolled out per round (None: all)
+    dagger_max_steps: int | list[int] = 6
     dagger_target_iou: float = 0.9  # the annotator's Terminate, as in `ibis trajectories`
+    dagger_min_gain: float | None | list[float | None] = None  # Terminate where the annotator's click gains less
     # stage 2: GRPO
     grpo_iterations: int = 25
     grpo_batch_size: int = 6  # episodes per iteration
@@ -106,16 +109,19 @@ def _pooled_embeddings(cache: EmbeddingCache, images: list[str]) -> torch.Tensor
                         for image in tqdm(images, desc="pooled embeddings", unit="image")])
 
 
-def _dagger_round(network: LitePolicyNet, config: LiteTrainingConfig, episodes: Episodes, cache: EmbeddingCache,
-                  encoder: QueryEncoder, queries: dict, rng: np.random.Generator, tool: TorchSamTool) -> StateSet:
+def _dagger_round(network: LitePolicyNet, config: LiteTrainingConfig, round_index: int, episodes: Episodes,
+                  cache: EmbeddingCache, encoder: QueryEncoder, queries: dict, rng: np.random.Generator,
+                  tool: TorchSamTool) -> StateSet:
     """On-policy states of the current network on training pairs, labelled by the annotator."""
-    count = len(episodes.pairs) if config.dagger_pairs is None else min(config.dagger_pairs, len(episodes.pairs))
+    pairs = scheduled(config.dagger_pairs, round_index)
+    count = len(episodes.pairs) if pairs is None else min(pairs, len(episodes.pairs))
     rows = sorted(int(r) for r in rng.choice(len(episodes.pairs), count, replace=False))
     labels = sorted({episodes.pairs[r].label for r in rows})
     wordings = dict(zip(labels, label_queries(queries, labels)))
     texts = [wordings[episodes.pairs[r].label][rng.integers(len(wordings[episodes.pairs[r].label]))] for r in rows]
     return collect_on_policy_states(network, episodes, rows, cache, tool.decoder, torch.from_numpy(encoder(texts)),
-                                    config.dagger_max_steps, config.dagger_target_iou, config.region_share)
+                                    scheduled(config.dagger_max_steps, round_index), config.dagger_target_iou,
+                                    config.region_share, scheduled(config.dagger_min_gain, round_index))
 
 
 def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: EmbeddingCache, encoder: QueryEncoder,
@@ -141,7 +147,8 @@ def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embedd
                 network.load_state_dict(load_lite_checkpoint(out_dir / "sft_best.pt")[0].state_dict())
             if episodes is None:  # the training pairs, read once for all rounds
                 episodes = load_episodes(read_manifest(config.manifest, "train"), network.config.frame_size)
-            collected = _dagger_round(network, config, episodes, cache, encoder, queries, rng, state["tool"])
+            collected = _dagger_round(network, config, round_index, episodes, cache, encoder, queries, rng,
+                                      state["tool"])
             save_torch_atomic(collected, out_dir / f"dagger_round{round_index + 1}.pt")
             state.setdefault("dagger_states", []).append(len(collected))
             print(f"dagger round {round_index + 1}: {len(collected)} on-policy states", flush=True)
