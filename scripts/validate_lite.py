@@ -10,15 +10,14 @@ from here or from the training log.
 import argparse
 from pathlib import Path
 
-import torch
 
-from ibisagent.evaluation import choose_query, load_queries, read_manifest, select_pairs
+from ibisagent.evaluation import load_queries, read_manifest, select_pairs
 from ibisagent.policies.lite import load_lite_checkpoint
 from ibisagent.policies.query_encoder import QueryEncoder
 from ibisagent.tools.factory import build_tool
 from ibisagent.training.click_env import load_episodes
 from ibisagent.training.embedding_cache import EmbeddingCache
-from ibisagent.training.lite_rollouts import validate_policy
+from ibisagent.training.lite_rollouts import validate_policy, validation_queries
 
 parser = argparse.ArgumentParser()
 parser.add_argument("checkpoint")
@@ -33,10 +32,9 @@ tool = build_tool("lite-medsam")
 cache = EmbeddingCache(Path(args.cache_dir).expanduser(), tool)
 queries = load_queries(args.queries)
 encoder = QueryEncoder()
-episodes = load_episodes(select_pairs(read_manifest(args.manifest, "val"), args.per_source), 256)
-vectors = {kind: torch.from_numpy(encoder([choose_query(p, queries, kind) or f"Segment the {p.label}."
-                                           for p in episodes.pairs])) for kind in ("referring", "reasoning")}
 network, _ = load_lite_checkpoint(args.checkpoint)
+episodes = load_episodes(select_pairs(read_manifest(args.manifest, "val"), args.per_source), network.config.frame_size)
+vectors = validation_queries(episodes, queries, encoder)
 metrics = validate_policy(network, episodes, cache, tool.decoder, vectors, args.max_turns)
 print(" ".join(f"{k} {v:.3f}" for k, v in metrics["overall"].items()))
 for source, values in metrics["by_source"].items():

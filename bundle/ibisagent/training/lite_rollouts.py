@@ -20,15 +20,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..evaluation import choose_query
 from ..policies.lite_model import (LiteConfig, LitePolicyNet, PolicyState, action_distribution, decode_action,
                                    greedy_actions, pool_embedding, state_tensors)
+from ..policies.query_encoder import QueryEncoder
 from ..tools.sam_model import PromptDecoder
 from .click_env import Candidate, ClickEnvironment, Episodes
 from .click_sampling import sample_click
 from .embedding_cache import EmbeddingCache
 from .lite_data import StateSet, action_target, assemble_states
 
-__all__ = ["candidate", "greedy_rollout", "validate_policy", "collect_on_policy_states"]
+__all__ = ["candidate", "greedy_rollout", "validation_queries", "validate_policy", "collect_on_policy_states"]
 
 Visitor = Callable[[ClickEnvironment, list[int], int], None]
 
@@ -60,6 +62,12 @@ def greedy_rollout(network: LitePolicyNet, env: ClickEnvironment, queries: torch
         if turn == 0:
             first_iou[active] = env.iou(masks, active)
     return first_iou
+
+
+def validation_queries(episodes: Episodes, queries: dict, encoder: QueryEncoder) -> dict[str, torch.Tensor]:
+    """One referring and one reasoning query per pair (the label's name where it has no question), encoded."""
+    return {kind: torch.from_numpy(encoder([choose_query(p, queries, kind) or f"Segment the {p.label}."
+                                            for p in episodes.pairs])) for kind in ("referring", "reasoning")}
 
 
 def validate_policy(network: LitePolicyNet, episodes: Episodes, cache: EmbeddingCache, decoder: PromptDecoder,

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..evaluation import choose_query, load_queries, read_manifest, select_pairs
+from ..evaluation import load_queries, read_manifest, select_pairs
 from ..policies.lite import LITE_FORMAT, load_lite_checkpoint, rationale
-from ..policies.lite_model import (LiteConfig, LitePolicyNet, action_distribution, masked_logits, pool_embedding,
-                                   state_tensors)
+from ..policies.lite_model import (LiteConfig, LitePolicyNet, action_distribution, greedy_actions, masked_logits,
+                                   pool_embedding, state_tensors)
 from ..policies.query_encoder import QUERY_ENCODER_NAME, QueryEncoder
 from ..outputs import save_torch_atomic
 from ..protocol import Action, format_response
@@ -37,7 +37,7 @@ from ..tools.torch_tool import TorchSamTool
 from .click_env import Candidate, ClickEnvironment, Episodes, load_episodes
 from .embedding_cache import EmbeddingCache
 from .lite_data import StateSet, build_states, label_queries
-from .lite_rollouts import candidate, collect_on_policy_states, validate_policy
+from .lite_rollouts import candidate, collect_on_policy_states, validate_policy, validation_queries
 from .rewards import RewardConfig, StepOutcome, combine, step_rewards
 from .schedule import scheduled
 
@@ -82,6 +82,11 @@ class LiteTrainingConfig:
     val_max_turns: int = 10
     validate_every: int = 25  # GRPO iterations between validations
     resume: bool = False
+
+    @property
+    def imitation_epochs(self) -> int:
+        """Stage 1 in epochs: the SFT epochs, then each DAgger round's epochs."""
+        return self.sft_epochs + self.dagger_rounds * self.dagger_epochs
 
 
 def _response(candidate: Candidate, env: ClickEnvironment, row: int, query: str, probability: float) -> str:
@@ -128,7 +133,6 @@ def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embedd
                queries: dict, validate, rng: np.random.Generator, out_dir: Path, state: dict) -> None:
     """SFT epochs on the trajectories, then DAgger rounds (each: collect, then `dagger_epochs` epochs on all)."""
     states = build_states(config.trajectories, network.config, config.region_share)
-    total = config.sft_epochs + config.dagger_rounds * config.dagger_epochs
     # A resumed run reads the rounds it already collected back, rather than replaying them with another policy.
     started_rounds = -(-max(0, state["sft_epoch"] - config.sft_epochs) // config.dagger_epochs)
     states = StateSet.join([states] + [torch.load(out_dir / f"dagger_round{k + 1}.pt", weights_only=False)
@@ -139,7 +143,7 @@ def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embedd
     if state.get("sft_optimizer"):
         optimizer.load_state_dict(state.pop("sft_optimizer"))
     episodes = None
-    for epoch in range(state["sft_epoch"], total):
+    for epoch in range(state["sft_epoch"], config.imitation_epochs):
         dagger_epoch = epoch - config.sft_epochs
         if dagger_epoch >= 0 and dagger_epoch % config.dagger_epochs == 0:
             round_index = dagger_epoch // config.dagger_epochs
@@ -160,7 +164,7 @@ def _train_sft(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embedd
         network.train()
         order = rng.permutation(len(states))
         steps_per_epoch = len(states) // config.sft_batch_size
-        progress = tqdm(range(steps_per_epoch), desc=f"sft {epoch + 1}/{total}", unit="batch")
+        progress = tqdm(range(steps_per_epoch), desc=f"sft {epoch + 1}/{config.imitation_epochs}", unit="batch")
         running = []
         for step in progress:
             batch = order[step * config.sft_batch_size:(step + 1) * config.sft_batch_size]
@@ -222,7 +226,7 @@ def _train_grpo(network: LitePolicyNet, config: LiteTrainingConfig, cache: Embed
             samples = distribution.sample((group,))  # (G, A)
             if turn == 0:  # nothing to stop on yet: resample any Terminate as the best click
                 terminal = samples == logits.shape[1] - 1
-                samples[terminal] = distribution.probs[:, :-1].argmax(dim=1).expand(group, -1)[terminal]
+                samples[terminal] = greedy_actions(distribution.probs, may_stop=False).expand(group, -1)[terminal]
             candidates = [[candidate(int(samples[g, a]), network.config) for a in range(len(active))]
                           for g in range(group)]
             flat_rows = [active[a] for g in range(group) for a in range(len(active))]
@@ -300,14 +304,12 @@ def train_lite(config: LiteTrainingConfig) -> Path:
 
     episodes = load_episodes(select_pairs(read_manifest(config.manifest, config.val_split), config.val_per_source),
                          network.config.frame_size)
-    vectors = {kind: torch.from_numpy(encoder([choose_query(p, queries, kind) or f"Segment the {p.label}."
-                                                for p in episodes.pairs])) for kind in ("referring", "reasoning")}
+    vectors = validation_queries(episodes, queries, encoder)
 
     def validate(net: LitePolicyNet) -> dict:
         return validate_policy(net, episodes, cache, tool.decoder, vectors, config.val_max_turns)
 
-    imitation_epochs = config.sft_epochs + config.dagger_rounds * config.dagger_epochs
-    if "sft" in config.stages and state["sft_epoch"] < imitation_epochs:
+    if "sft" in config.stages and state["sft_epoch"] < config.imitation_epochs:
         _train_sft(network, config, cache, encoder, queries, validate, rng, out_dir, state)
     if "grpo" in config.stages:
         if not (out_dir / "sft_best.pt").is_file():
