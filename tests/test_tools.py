@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -47,6 +49,7 @@ def test_prompt_tokens_equal_segment_anything(lite_tool, demo_image):
         sparse, dense = encoder(points=points, boxes=None, masks=None)
         reference, _ = decoder(features, encoder.get_dense_pe(), sparse, dense, multimask_output=True)
         box = torch.tensor([[38.0, 62.0, 190.0, 262.0]]) * embedding.frame.scale
+        encoder, decoder = lite_tool.parts.box_decoder  # box-only prompts are answered by the wheel's decoder
         sparse, dense = encoder(points=None, boxes=box, masks=None)
         box_reference, _ = decoder(features, encoder.get_dense_pe(), sparse, dense, multimask_output=False)
     ours = lite_tool._decode(embedding.features, prompts)[0][:, 1:]
@@ -99,6 +102,7 @@ def test_user_segment_anything_checkpoint_through_config(tmp_path, demo_image):
     ("sam:vit_b:/nonexistent.pth", "does not exist"),
     ("onnx:/nonexistent", "not an ONNX tool directory"),
     ({"kind": "lite-medsam", "colour": "red"}, "unknown option"),
+    ({"kind": "lite-medsam", "box_decoder": "both"}, "box_decoder must be"),
     ({"kind": "teleport"}, "unknown tool kind"),
 ])
 def test_bad_tool_specs(spec, message):
@@ -116,15 +120,21 @@ def test_bad_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="non-decoder keys"):
         build_tool({"kind": "lite-medsam", "decoder_checkpoint": str(wrong)})
     assert parse_tool_spec("medsam:/w.pth")["normalisation"] == "minmax"
+    assert parse_tool_spec("lite-medsam-tuned") == {"kind": "lite-medsam", "box_decoder": "tuned"}
 
 
 def test_decoders_run_a_batch_of_images(lite_tool, onnx_tool, demo_image):
-    """One prompt per image embedding, B at once: equal to B single calls, in torch and ONNX."""
-    from ibisagent.tools.base import build_prompt_arrays
-
+    """One prompt per image embedding, B at once: equal to B single calls, in torch and ONNX,
+    also when one row is a click prompt and the other a box-only prompt (two decoders, one batch)."""
     embedding = lite_tool.encode(demo_image)
     flipped = lite_tool.encode(np.ascontiguousarray(demo_image[:, ::-1]))
-    prompts = [build_prompt_arrays(e.frame, e.mask_side, [Click(0.3, 0.45, True)], None, None) for e in (embedding, flipped)]
+    box = (30, 40, 150, 200)
+    box_only = build_prompt_arrays(flipped.frame, flipped.mask_side, [], box, None)
+    prompts = [  # one token count per batch: the box-only row gets a padding token in the click's place
+        build_prompt_arrays(embedding.frame, embedding.mask_side, [Click(0.3, 0.45, True)], box, None),
+        replace(box_only, coords=np.concatenate([np.zeros((1, 1, 2), np.float32), box_only.coords], axis=1),
+                labels=np.concatenate([np.full((1, 1), -1, np.float32), box_only.labels], axis=1)),
+    ]
     features = np.concatenate([embedding.features, flipped.features])
     batch = {
         "image_embedding": features,
@@ -141,6 +151,26 @@ def test_decoders_run_a_batch_of_images(lite_tool, onnx_tool, demo_image):
         assert np.abs(torch_logits[index].numpy() - alone[0]).max() < 1e-3
         assert np.abs(onnx_logits[index] - alone[0]).max() < 1e-3
     assert np.abs(onnx_logits[0] - onnx_logits[1]).max() > 1.0  # the two images really differ
+
+
+def test_box_only_prompts_keep_the_wheel_decoder(lite_tool, onnx_tool, demo_image):
+    """The default tool answers a box alone with the wheel's decoder (masks exactly as before tuning)
+    and any prompt with a click with the click-tuned one; its exported graph routes the same way."""
+    base, tuned = build_tool("lite-medsam-base"), build_tool("lite-medsam-tuned")
+    embedding = lite_tool.encode(demo_image)
+    box, clicks = (38, 62, 190, 262), [Click(0.3, 0.45, True), Click(0.2, 0.6, False)]
+
+    def logits(tool, **prompt):
+        return tool.predict(embedding, **prompt).low_res_logits
+
+    for multimask in (False, True):
+        base_box, tuned_box = logits(base, box=box, multimask=multimask), logits(tuned, box=box, multimask=multimask)
+        assert np.abs(base_box - tuned_box).max() > 1.0  # the two decoders really differ on this box
+        assert np.array_equal(logits(lite_tool, box=box, multimask=multimask), base_box)
+        assert np.abs(logits(onnx_tool, box=box, multimask=multimask) - base_box).max() <= 1e-3
+    for prompt in ({"clicks": clicks}, {"clicks": clicks, "box": box}):
+        assert np.array_equal(logits(lite_tool, **prompt), logits(tuned, **prompt))
+        assert np.abs(logits(onnx_tool, **prompt) - logits(tuned, **prompt)).max() <= 1e-3
 
 
 def test_shipped_click_decoder_beats_the_box_trained_one_on_clicks(lite_tool, real_pairs):

@@ -65,6 +65,19 @@ def sam_repository(tmp_path_factory, onnx_dir) -> Path:
     return repository
 
 
+def test_graphs_of_other_weights_are_exported_again(tmp_path, onnx_dir):
+    """The repository keeps graphs made from the same weights and replaces others (an older shipped decoder)."""
+    repository = copy_models(SAM_MODELS, tmp_path / "triton_models")
+    assert prepare_repository(repository, f"onnx:{onnx_dir}")
+    assert not prepare_repository(repository, f"onnx:{onnx_dir}")
+    assert not prepare_repository(repository, "lite-medsam")  # onnx_dir is the default tool's export
+    manifest = repository / "sam_encoder" / "1" / "tool.json"
+    older = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**older, "source": older["source"].replace("sha256 ", "sha256 0")}))
+    assert prepare_repository(repository, f"onnx:{onnx_dir}")
+    assert json.loads(manifest.read_text()) == older
+
+
 def start_server(repository: Path, install, models=SAM_MODELS, env=None, log=None) -> TritonServer:
     grpc_port, http_port, metrics_port = free_ports(3)
     lines = log if log is not None else []

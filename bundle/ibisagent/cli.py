@@ -460,7 +460,7 @@ def _parser() -> argparse.ArgumentParser:
                        "models, and ibis_mllm with --mllm-path")
     serve.add_argument("--mllm-path", help="a local Qwen2.5-VL checkpoint for ibis_mllm ($IBIS_MLLM_PATH)")
     serve.add_argument("--tool", default="lite-medsam", help="what to export into the repository when its ONNX "
-                       "graphs are absent: a torch tool spec, or onnx:DIR")
+                       "graphs are absent or from other weights: a torch tool spec, or onnx:DIR")
     serve.add_argument("--export", action="store_true", help="export the graphs again")
     serve.add_argument("--server-env", help="the server's Python environment (default $IBIS_TRITON_ENV or .venv-triton)")
     serve.add_argument("--setup", action="store_true", help="create the server environment and the graphs, then exit")

@@ -1,7 +1,9 @@
 """Build a segmentation tool from a short spec string or a config mapping.
 
-Strings: `lite-medsam` (default, torch, with our click-tuned decoder),
-`lite-medsam-base` (the wheel's box-trained decoder), `onnx:DIR`, `sam:vit_b:CHECKPOINT`
+Strings: `lite-medsam` (default, torch, with our click-tuned decoder; prompts
+that are only a box still go to the wheel's decoder), `lite-medsam-base` (the
+wheel's box-trained decoder for every prompt), `lite-medsam-tuned` (the
+click-tuned decoder for every prompt), `onnx:DIR`, `sam:vit_b:CHECKPOINT`
 (segment-anything weights; vit_l, vit_h too), `medsam:CHECKPOINT` (a
 MedSAM vit_b, min-max normalised) and `triton:HOST:PORT` (the tool served by
 Triton, see docs/serving.md). Mappings carry the same fields by name, so
@@ -27,6 +29,8 @@ def parse_tool_spec(spec: str) -> dict[str, Any]:
         return {"kind": "lite-medsam", **({"checkpoint": rest, "decoder_checkpoint": None} if rest else {})}
     if kind == "lite-medsam-base" and not rest:
         return {"kind": "lite-medsam", "decoder_checkpoint": None}
+    if kind == "lite-medsam-tuned" and not rest:
+        return {"kind": "lite-medsam", "box_decoder": "tuned"}
     if kind == "onnx" and rest:
         return {"kind": "onnx", "path": rest}
     if kind == "sam":
@@ -38,7 +42,7 @@ def parse_tool_spec(spec: str) -> dict[str, Any]:
     if kind == "triton" and rest:
         return {"kind": "triton", "server": rest}
     raise ValueError(
-        f"unknown tool {spec!r}: use lite-medsam, lite-medsam-base, onnx:DIR, sam:vit_b|vit_l|vit_h:CHECKPOINT, "
+        f"unknown tool {spec!r}: use lite-medsam, lite-medsam-base, lite-medsam-tuned, onnx:DIR, sam:vit_b|vit_l|vit_h:CHECKPOINT, "
         "medsam:CHECKPOINT or triton:HOST:PORT"
     )
 
@@ -54,7 +58,7 @@ def build_tool(spec: str | Mapping[str, Any] = "lite-medsam") -> SegmentationToo
 
         decoder = config.pop("decoder_checkpoint", "shipped")
         decoder = shipped_click_decoder() if decoder == "shipped" else decoder
-        parts = build_lite_medsam(config.pop("checkpoint", None), decoder)
+        parts = build_lite_medsam(config.pop("checkpoint", None), decoder, config.pop("box_decoder", "base"))
         tool: SegmentationTool = TorchSamTool(parts, ImageTransform(256, "minmax"), device)
     elif kind == "segment-anything":
         from .sam_model import build_segment_anything

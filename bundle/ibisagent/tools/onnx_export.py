@@ -4,8 +4,8 @@ The encoder graph takes one image (batch 1, fixed): TinyViT's patch merging
 reads the batch size as a Python int, so a traced graph with a dynamic batch
 would accept batch 2 and then fail inside a convolution. A fixed batch makes
 onnxruntime refuse other batches up front with a shape error. The decoder is
-the same `PromptDecoder` the torch tool runs, with dynamic batch (one prompt
-per image embedding) and a dynamic number of points.
+the same prompt decoder the torch tool runs (both halves of a `BoxRoutedDecoder`),
+with dynamic batch (one prompt per image embedding) and a dynamic number of points.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..imaging.transform import ImageTransform
-from .sam_model import PromptDecoder, SamParts
+from .sam_model import SamParts, build_prompt_decoder
 
 __all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "export_onnx"]
 
@@ -53,7 +53,7 @@ def export_onnx(parts: SamParts, transform: ImageTransform, out_dir: str | Path)
                 input_names=["image"], output_names=["image_embedding"],
             )
             torch.onnx.export(
-                PromptDecoder(parts).eval(), decoder_inputs, staging / "decoder.onnx", dynamo=False,
+                build_prompt_decoder(parts).eval(), decoder_inputs, staging / "decoder.onnx", dynamo=False,
                 opset_version=OPSET,
                 input_names=["image_embedding", "point_coords", "point_labels", "mask_input", "has_mask_input"],
                 output_names=["low_res_logits", "iou_predictions"],

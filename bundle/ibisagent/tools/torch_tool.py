@@ -7,7 +7,7 @@ import torch
 
 from ..imaging.transform import ImageTransform
 from .base import PromptArrays, SegmentationTool
-from .sam_model import PromptDecoder, SamParts
+from .sam_model import SamParts, build_prompt_decoder
 
 __all__ = ["TorchSamTool"]
 
@@ -22,7 +22,7 @@ class TorchSamTool(SegmentationTool):
         self.encoder_source = parts.encoder_source or parts.source
         self.device = torch.device(device)
         self.image_encoder = parts.image_encoder.to(self.device)
-        self.decoder = PromptDecoder(parts).to(self.device).eval()
+        self.decoder = build_prompt_decoder(parts).to(self.device).eval()
 
     @torch.inference_mode()
     def _encode(self, model_input: np.ndarray) -> np.ndarray:
