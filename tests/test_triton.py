@@ -76,6 +76,10 @@ def test_graphs_of_other_weights_are_exported_again(tmp_path, onnx_dir):
     manifest.write_text(json.dumps({**older, "source": older["source"].replace("sha256 ", "sha256 0")}))
     assert prepare_repository(repository, f"onnx:{onnx_dir}")
     assert json.loads(manifest.read_text()) == older
+    box_graph = repository / "sam_decoder" / "1" / "box_decoder.onnx"
+    assert box_graph.is_file()  # the default tool keeps the wheel's decoder for box-only prompts
+    assert prepare_repository(repository, "lite-medsam-base")  # one decoder: the box graph must go
+    assert not box_graph.is_file() and "box-only" not in json.loads(manifest.read_text())["source"]
 
 
 def start_server(repository: Path, install, models=SAM_MODELS, env=None, log=None) -> TritonServer:
@@ -126,6 +130,20 @@ def test_agent_through_triton_gives_the_in_process_masks(sam_server, onnx_dir, d
         expected = run_oracle(local, image, reference)
         assert len(expected.clicks) >= 2  # several clicks: previous logits travel too
         assert_same_run(run_oracle(served, image, reference), expected)
+
+
+def test_a_box_alone_is_answered_by_the_box_decoder_on_the_server(sam_server, onnx_dir, demo_image):
+    """The served decoder routes like the in-process tools (test_tools checks those against both decoders):
+    a box alone to the wheel's decoder, any prompt with a click to ours."""
+    from ibisagent.tools.base import Click
+    from ibisagent.tools.onnx_tool import OnnxSamTool
+
+    local, served = OnnxSamTool(onnx_dir), TritonSamTool(sam_server.grpc_url)
+    assert local.box_decoder is not None
+    embedding, served_embedding, box = local.encode(demo_image), served.encode(demo_image), (38, 62, 190, 262)
+    for prompt in ({"box": box, "multimask": False}, {"clicks": [Click(0.3, 0.45, True)], "box": box}):
+        expected = local.predict(embedding, **prompt)
+        assert np.abs(served.predict(served_embedding, **prompt).low_res_logits - expected.low_res_logits).max() < 1e-3
 
 
 def test_embedding_stays_on_the_server_and_travelling_gives_the_same_mask(sam_server, onnx_dir, demo_image,

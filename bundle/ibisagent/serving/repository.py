@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..tools.onnx_export import BOX_DECODER_NAME, MANIFEST_NAME, export_onnx
+
 __all__ = ["DEFAULT_REPOSITORY", "SAM_MODELS", "MLLM_MODEL", "prepare_repository", "exported_source"]
 
 DEFAULT_REPOSITORY = Path("triton_models")
@@ -22,20 +24,28 @@ MLLM_MODEL = "ibis_mllm"
 
 
 def _targets(repository: Path) -> dict[str, Path]:
-    """Where each exported file goes; the manifest last, so it marks a complete set."""
+    """Where each exported file goes (the box decoder only when the export has one); the manifest last."""
     return {
         "encoder.onnx": repository / "sam_encoder" / "1" / "encoder.onnx",
         "decoder.onnx": repository / "sam_decoder" / "1" / "decoder.onnx",
-        "tool.json": repository / "sam_encoder" / "1" / "tool.json",
+        BOX_DECODER_NAME: repository / "sam_decoder" / "1" / BOX_DECODER_NAME,
+        MANIFEST_NAME: repository / "sam_encoder" / "1" / MANIFEST_NAME,
     }
+
+
+def _graphs(manifest: dict) -> list[str]:
+    return ["encoder.onnx", "decoder.onnx", *([BOX_DECODER_NAME] if manifest.get("box_decoder") else [])]
 
 
 def exported_source(repository: str | Path) -> str | None:
     """The `source` of the graphs in the repository, or None when they are not all there."""
     targets = _targets(Path(repository))
-    if not all(path.is_file() for path in targets.values()):
+    if not targets[MANIFEST_NAME].is_file():
         return None
-    return json.loads(targets["tool.json"].read_text()).get("source")
+    manifest = json.loads(targets[MANIFEST_NAME].read_text())
+    if not all(targets[name].is_file() for name in _graphs(manifest)):
+        return None
+    return manifest.get("source")
 
 
 def prepare_repository(repository: str | Path = DEFAULT_REPOSITORY, tool_spec: str = "lite-medsam",
@@ -49,7 +59,6 @@ def prepare_repository(repository: str | Path = DEFAULT_REPOSITORY, tool_spec: s
     written in full before it replaces the old one.
     """
     from ..tools.factory import build_tool, parse_tool_spec
-    from ..tools.onnx_export import export_onnx
     from ..tools.torch_tool import TorchSamTool
 
     repository = Path(repository)
@@ -61,10 +70,9 @@ def prepare_repository(repository: str | Path = DEFAULT_REPOSITORY, tool_spec: s
     tool = None
     if config["kind"] == "onnx":
         folder = Path(config["path"])
-        absent = [name for name in targets if not (folder / name).is_file()]
-        if absent:
-            raise ValueError(f"{folder} is not an `ibis export-onnx` folder: no {', '.join(absent)}")
-        wanted = json.loads((folder / "tool.json").read_text()).get("source")
+        if not (folder / MANIFEST_NAME).is_file():
+            raise ValueError(f"{folder} is not an `ibis export-onnx` folder: no {MANIFEST_NAME}")
+        wanted = json.loads((folder / MANIFEST_NAME).read_text()).get("source")
     else:
         tool = build_tool(config)
         if not isinstance(tool, TorchSamTool):
@@ -75,11 +83,16 @@ def prepare_repository(repository: str | Path = DEFAULT_REPOSITORY, tool_spec: s
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=repository.parent))
     try:
         source = folder if tool is None else export_onnx(tool.parts, tool.transform, staging)
-        targets["tool.json"].unlink(missing_ok=True)
-        for name, target in targets.items():
-            part = target.with_name(f".{name}.partial")
+        names = _graphs(json.loads((source / MANIFEST_NAME).read_text()))
+        absent = [name for name in names if not (source / name).is_file()]
+        if absent:
+            raise ValueError(f"{source} is not a complete `ibis export-onnx` folder: no {', '.join(absent)}")
+        targets[MANIFEST_NAME].unlink(missing_ok=True)
+        targets[BOX_DECODER_NAME].unlink(missing_ok=True)
+        for name in (*names, MANIFEST_NAME):
+            part = targets[name].with_name(f".{name}.partial")
             shutil.copyfile(source / name, part)
-            os.replace(part, target)
+            os.replace(part, targets[name])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return True

@@ -55,6 +55,11 @@ class PromptArrays:
     mask_input: np.ndarray  # (1, 1, m, m) float32
     has_mask_input: np.ndarray  # (1,) float32
 
+    @property
+    def box_only(self) -> bool:
+        """No click, only a box: tools with a separate box decoder answer it with that one."""
+        return not np.isin(self.labels, (LABEL_NEGATIVE, LABEL_POSITIVE)).any()
+
 
 def build_prompt_arrays(frame: Frame, mask_side: int, clicks: Sequence[Click],
                         box: tuple[int, int, int, int] | None, mask_input: np.ndarray | None) -> PromptArrays:

@@ -42,8 +42,8 @@ def parse_tool_spec(spec: str) -> dict[str, Any]:
     if kind == "triton" and rest:
         return {"kind": "triton", "server": rest}
     raise ValueError(
-        f"unknown tool {spec!r}: use lite-medsam, lite-medsam-base, lite-medsam-tuned, onnx:DIR, sam:vit_b|vit_l|vit_h:CHECKPOINT, "
-        "medsam:CHECKPOINT or triton:HOST:PORT"
+        f"unknown tool {spec!r}: use lite-medsam, lite-medsam-base, lite-medsam-tuned, onnx:DIR, "
+        "sam:vit_b|vit_l|vit_h:CHECKPOINT, medsam:CHECKPOINT or triton:HOST:PORT"
     )
 
 

@@ -4,8 +4,10 @@ The encoder graph takes one image (batch 1, fixed): TinyViT's patch merging
 reads the batch size as a Python int, so a traced graph with a dynamic batch
 would accept batch 2 and then fail inside a convolution. A fixed batch makes
 onnxruntime refuse other batches up front with a shape error. The decoder is
-the same prompt decoder the torch tool runs (both halves of a `BoxRoutedDecoder`),
-with dynamic batch (one prompt per image embedding) and a dynamic number of points.
+the same `PromptDecoder` the torch tool runs, with dynamic batch (one prompt
+per image embedding) and a dynamic number of points. Parts that keep a
+separate decoder for box-only prompts (`SamParts.box_parts`) give a second
+graph, `box_decoder.onnx`, named in the manifest.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from pathlib import Path
 import torch
 
 from ..imaging.transform import ImageTransform
-from .sam_model import SamParts, build_prompt_decoder
+from .sam_model import PromptDecoder, SamParts
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "export_onnx"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "BOX_DECODER_NAME", "export_onnx"]
 
 MANIFEST_NAME = "tool.json"
+BOX_DECODER_NAME = "box_decoder.onnx"
 MANIFEST_FORMAT = "ibisagent-sam-onnx/1"
 OPSET = 17
 
 
 def export_onnx(parts: SamParts, transform: ImageTransform, out_dir: str | Path) -> Path:
-    """Write the two graphs and the manifest into `out_dir`; files appear only when complete."""
+    """Write the graphs and the manifest into `out_dir`; files appear only when complete, the manifest last."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     side = parts.input_size
@@ -44,6 +47,8 @@ def export_onnx(parts: SamParts, transform: ImageTransform, out_dir: str | Path)
         torch.zeros(1, 1, mask_side, mask_side),
         torch.zeros(1),
     )
+    box_parts = parts.box_parts()
+    graphs = ["encoder.onnx", "decoder.onnx", *([BOX_DECODER_NAME] if box_parts is not None else [])]
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
         with warnings.catch_warnings():
@@ -52,21 +57,9 @@ def export_onnx(parts: SamParts, transform: ImageTransform, out_dir: str | Path)
                 parts.image_encoder, (image,), staging / "encoder.onnx", dynamo=False, opset_version=OPSET,
                 input_names=["image"], output_names=["image_embedding"],
             )
-            torch.onnx.export(
-                build_prompt_decoder(parts).eval(), decoder_inputs, staging / "decoder.onnx", dynamo=False,
-                opset_version=OPSET,
-                input_names=["image_embedding", "point_coords", "point_labels", "mask_input", "has_mask_input"],
-                output_names=["low_res_logits", "iou_predictions"],
-                dynamic_axes={
-                    "image_embedding": {0: "batch"},
-                    "point_coords": {0: "batch", 1: "points"},
-                    "point_labels": {0: "batch", 1: "points"},
-                    "mask_input": {0: "batch"},
-                    "has_mask_input": {0: "batch"},
-                    "low_res_logits": {0: "batch"},
-                    "iou_predictions": {0: "batch"},
-                },
-            )
+            _export_decoder(parts, decoder_inputs, staging / "decoder.onnx")
+            if box_parts is not None:
+                _export_decoder(box_parts, decoder_inputs, staging / BOX_DECODER_NAME)
         manifest = {
             "format": MANIFEST_FORMAT,
             "source": parts.source,
@@ -76,12 +69,32 @@ def export_onnx(parts: SamParts, transform: ImageTransform, out_dir: str | Path)
             "embedding_shape": list(embedding.shape[1:]),
             "mask_side": mask_side,
             "opset": OPSET,
+            "box_decoder": BOX_DECODER_NAME if box_parts is not None else None,
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        for name in ("encoder.onnx", "decoder.onnx", MANIFEST_NAME):
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        (out_dir / BOX_DECODER_NAME).unlink(missing_ok=True)
+        for name in (*graphs, MANIFEST_NAME):
             os.replace(staging / name, out_dir / name)
     finally:
         for leftover in staging.iterdir():
             leftover.unlink()
         staging.rmdir()
     return out_dir
+
+
+def _export_decoder(parts: SamParts, example_inputs: tuple, path: Path) -> None:
+    torch.onnx.export(
+        PromptDecoder(parts).eval(), example_inputs, path, dynamo=False, opset_version=OPSET,
+        input_names=["image_embedding", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+        output_names=["low_res_logits", "iou_predictions"],
+        dynamic_axes={
+            "image_embedding": {0: "batch"},
+            "point_coords": {0: "batch", 1: "points"},
+            "point_labels": {0: "batch", 1: "points"},
+            "mask_input": {0: "batch"},
+            "has_mask_input": {0: "batch"},
+            "low_res_logits": {0: "batch"},
+            "iou_predictions": {0: "batch"},
+        },
+    )

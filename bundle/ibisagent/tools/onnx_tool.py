@@ -10,7 +10,7 @@ import numpy as np
 
 from ..imaging.transform import ImageTransform
 from .base import PromptArrays, SegmentationTool
-from .onnx_export import MANIFEST_FORMAT, MANIFEST_NAME
+from .onnx_export import BOX_DECODER_NAME, MANIFEST_FORMAT, MANIFEST_NAME
 
 __all__ = ["OnnxSamTool"]
 
@@ -44,12 +44,19 @@ class OnnxSamTool(SegmentationTool):
             options.intra_op_num_threads = threads
         self.encoder = ort.InferenceSession(str(directory / "encoder.onnx"), options, providers=list(providers))
         self.decoder = ort.InferenceSession(str(directory / "decoder.onnx"), options, providers=list(providers))
+        self.box_decoder = None  # answers box-only prompts when the export has one (SamParts.box_parts)
+        if manifest.get("box_decoder"):
+            if not (directory / BOX_DECODER_NAME).is_file():
+                raise ValueError(f"{directory}: the manifest names {BOX_DECODER_NAME}, which is missing; export again")
+            self.box_decoder = ort.InferenceSession(str(directory / BOX_DECODER_NAME), options,
+                                                    providers=list(providers))
 
     def _encode(self, model_input: np.ndarray) -> np.ndarray:
         return self.encoder.run(None, {"image": model_input})[0]
 
     def _decode(self, features: np.ndarray, prompts: PromptArrays) -> tuple[np.ndarray, np.ndarray]:
-        logits, iou = self.decoder.run(None, {
+        decoder = self.box_decoder if self.box_decoder is not None and prompts.box_only else self.decoder
+        logits, iou = decoder.run(None, {
             "image_embedding": features,
             "point_coords": prompts.coords,
             "point_labels": prompts.labels,

