@@ -73,6 +73,9 @@ def test_scheduled_settings_repeat_their_last_entry():
 
 
 def test_embedding_cache_computes_once(tmp_path, lite_tool, real_pairs):
+    """Once per image content: a copy elsewhere reuses the entry, an edited image gets its own."""
+    from PIL import Image
+
     from ibisagent.training.embedding_cache import EmbeddingCache
 
     cache = EmbeddingCache(tmp_path, lite_tool)
@@ -81,6 +84,13 @@ def test_embedding_cache_computes_once(tmp_path, lite_tool, real_pairs):
     assert first.dtype == np.float16 and first.shape == (256, 64, 64) and len(files) == 1
     stamp = files[0].stat().st_mtime_ns
     assert np.array_equal(cache.get(real_pairs[0].image), first) and files[0].stat().st_mtime_ns == stamp
+    copy = tmp_path / "elsewhere" / real_pairs[0].image.name  # the data provisioned again: new path and mtime
+    copy.parent.mkdir()
+    copy.write_bytes(real_pairs[0].image.read_bytes())
+    assert np.array_equal(cache.get(copy), first) and len(list(cache.directory.glob("*.npy"))) == 1
+    changed = tmp_path / "changed.png"
+    Image.fromarray(np.asarray(Image.open(copy).convert("RGB"))[:, ::-1].copy()).save(changed)
+    assert not np.array_equal(cache.get(changed), first) and len(list(cache.directory.glob("*.npy"))) == 2
 
 
 def test_short_training_run_resumes_and_its_decoder_loads(tmp_path, med2d_manifest, demo_image):

@@ -1,10 +1,11 @@
 """Image embeddings computed once and kept on disk: the encoder is frozen during decoder training.
 
-Entries are float16 `.npy` files keyed by the image file (path, size, mtime)
-and the encoder's identity (`SegmentationTool.encoder_key`: encoder and
-preprocessing, not backend or decoder), written atomically, so a rerun, a
-resumed training or another stage reuses them and a changed image or encoder
-never reads a stale one.
+Entries are float16 `.npy` files keyed by the image file's content (sha1 of
+its bytes) and the encoder's identity (`SegmentationTool.encoder_key`:
+encoder and preprocessing, not backend or decoder), written atomically, so a
+rerun, a resumed training or another stage reuses them, a changed image or
+encoder never reads a stale one, and a dataset copied or provisioned again
+(new paths, new modification times) keeps its entries.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ class EmbeddingCache:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, image_path: Path) -> Path:
-        stat = image_path.stat()
-        key = f"{image_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        return self.directory / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+        return self.directory / f"{hashlib.sha1(image_path.read_bytes()).hexdigest()}.npy"
 
     def get(self, image_path: str | Path) -> np.ndarray:
         """The (C, h, w) float16 embedding of an image file, computed on first use."""
