@@ -31,9 +31,9 @@ def ort_session(config, version_dir, key="onnx_model", required=True):
     threads; None when the graph is absent and not `required`."""
     path = Path(_parameter(config, key))
     path = path if path.is_absolute() else version_dir / path
-    if not required and not path.is_file():
-        return None
     if not path.is_file():
+        if not required:
+            return None
         raise pb_utils.TritonModelException(f"{config['name']}: ONNX graph {path} missing; `ibis serve` exports it")
     providers = os.environ.get("IBIS_ORT_PROVIDERS") or _parameter(config, "providers", "CPUExecutionProvider")
     options = ort.SessionOptions()
