@@ -661,3 +661,19 @@ def test_segment_dicom_writes_nothing_when_the_run_fails(ct3, tmp_path):
     run = segment_dicom(ct3, "Segment the liver.", tmp_path / "out", DiskTool(), ScriptedPolicy(["nonsense"] * 5),
                         slice_index=0, label="liver")
     assert not run.completed and run.written is None and not (tmp_path / "out").exists()
+
+
+def test_axial_slices_off_the_radiological_display_are_warned(ct3, tmp_path):
+    copy_series(ct3, tmp_path / "prone", lambda ds, i: setattr(ds, "ImageOrientationPatient", [-1, 0, 0, 0, -1, 0]))
+    with pytest.warns(DicomSeriesWarning, match=r"image's right toward the patient's right and its bottom toward "
+                                                r"the patient's anterior \(ImageOrientationPatient -1, 0, 0, 0, -1, 0\)"):
+        prone = read_series(tmp_path / "prone", slice_index=0)
+    assert [p.name for p in prone.files] == [p.name for p in read_series(ct3, slice_index=0).files]  # same stack
+    assert not any("radiological display" in note for note in read_series(ct3, slice_index=0).warnings)
+
+    def coronal(dataset, index):
+        dataset.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        dataset.ImagePositionPatient = [0, 5.0 * index, 0]
+
+    copy_series(ct3, tmp_path / "coronal", coronal)
+    assert not any("radiological display" in note for note in read_series(tmp_path / "coronal", slice_index=0).warnings)

@@ -445,6 +445,36 @@ def _sort(slices: list[_Slice], root: Path, notes: list[str]) -> tuple[list[_Sli
     return ordered, geometry
 
 
+_TOWARD = {(0, 1): "left", (0, -1): "right", (1, 1): "posterior", (1, -1): "anterior", (2, 1): "superior",
+           (2, -1): "inferior"}  # LPS axes and signs in words
+
+
+def _display_note(orientation: tuple[float, ...] | None) -> str | None:
+    """A note when an axial slice is not in the radiological display the embedded policy was trained on.
+
+    The agent sees the pixels as stored; a prone or mirrored slice puts organs
+    where the policy never saw them, so the user should know before trusting it.
+    """
+    if orientation is None:
+        return None
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    if int(np.argmax(np.abs(np.cross(row, column)))) != 2:  # coronal or sagittal: no trained convention
+        return None
+
+    def toward(direction: np.ndarray) -> str:
+        axis = int(np.argmax(np.abs(direction)))
+        return _TOWARD[(axis, 1 if direction[axis] > 0 else -1)]
+
+    right, bottom = toward(row), toward(column)
+    if (right, bottom) == ("left", "posterior"):
+        return None
+    cosines = ", ".join(f"{v:g}" for v in np.round(np.asarray(orientation, float), 3))
+    return (f"axial slice stored with the image's right toward the patient's {right} and its bottom toward the "
+            f"patient's {bottom} (ImageOrientationPatient {cosines}); the agent sees it as stored, and the embedded "
+            f"policy learnt axial anatomy in the radiological display (the patient's right on the image's left, "
+            f"anterior at the top): expect worse masks")
+
+
 # ----------------------------------------------------------------------------- pixels
 
 def _decoder_status(transfer_syntax: UID) -> tuple[bool, list[str]]:
@@ -576,6 +606,9 @@ def _read(source: str | Path | Sequence[str | Path], slice_index: int | None, se
     _check_uids(members, root)
     notes: list[str] = []
     ordered, geometry = _sort(_slices(members, root), root, notes)
+    display = _display_note(geometry.orientation)
+    if display:
+        notes.append(display)
     index = _choose(len(ordered), slice_index)
     volume, colour = _build_volume(ordered, root)
     chosen = ordered[index]
