@@ -468,11 +468,11 @@ def _display_note(orientation: tuple[float, ...] | None) -> str | None:
     right, bottom = toward(row), toward(column)
     if (right, bottom) == ("left", "posterior"):
         return None
-    cosines = ", ".join(f"{v:g}" for v in np.round(np.asarray(orientation, float), 3))
+    cosines = ", ".join(f"{v:g}" for v in np.round(np.asarray(orientation, float), 3) + 0.0)  # + 0.0: no "-0"
     return (f"axial slice stored with the image's right toward the patient's {right} and its bottom toward the "
             f"patient's {bottom} (ImageOrientationPatient {cosines}); the agent sees it as stored, and the embedded "
-            f"policy learnt axial anatomy in the radiological display (the patient's right on the image's left, "
-            f"anterior at the top): expect worse masks")
+            "policy learnt axial anatomy in the radiological display (the patient's right on the image's left, "
+            "anterior at the top): expect worse masks")
 
 
 # ----------------------------------------------------------------------------- pixels
