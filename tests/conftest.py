@@ -66,3 +66,17 @@ def real_pairs(med2d_manifest):
     for pair in sorted(read_manifest(med2d_manifest, "test"), key=lambda p: (str(p.image), p.label)):
         by_source.setdefault(pair.source, []).append(pair)
     return [pair for pairs in by_source.values() for pair in pairs[:2]]
+
+
+def turn_prone(dataset) -> None:
+    """What a scanner stores for an axial slice with the patient prone: pixels turned 180 degrees, geometry to match."""
+    pixels = dataset.pixel_array
+    rows, columns = pixels.shape
+    row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
+    row_direction = np.asarray(dataset.ImageOrientationPatient[:3], float)
+    column_direction = np.asarray(dataset.ImageOrientationPatient[3:], float)
+    last = (np.asarray(dataset.ImagePositionPatient, float) + (columns - 1) * column_spacing * row_direction
+            + (rows - 1) * row_spacing * column_direction)  # the old last pixel becomes the first
+    dataset.PixelData = np.ascontiguousarray(pixels[::-1, ::-1]).tobytes()
+    dataset.ImageOrientationPatient = [float(v) for v in -np.concatenate([row_direction, column_direction])]
+    dataset.ImagePositionPatient = [float(v) for v in last]

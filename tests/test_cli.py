@@ -132,3 +132,33 @@ def test_segment_dicom_refuses_a_folder_without_dicom(tmp_path):
     done = ibis("segment-dicom", tmp_path / "series", "--query", "liver", "--out", tmp_path / "out")
     assert done.returncode == 2 and done.stderr.startswith("ibis: error:") and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_segment_a_prone_dicom_file_agent_sees_the_standard_display_mask_png_lies_on_its_pixels(tmp_path):
+    """A prone slice and its supine original give one run; mask.png follows each file's own pixel order."""
+    import pydicom
+    from conftest import SHARED_DATA, turn_prone
+    from ibisagent.dicom.seg_writer import segment_mask
+
+    series, liver = SHARED_DATA / "dicom" / "dcmqi-ct-3slice", SHARED_DATA / "dicom" / "dcmqi-seg" / "liver.dcm"
+    if not liver.is_file():
+        pytest.skip(f"real DICOM absent: {liver}")
+    source = sorted(p for p in series.iterdir() if p.is_file())[1]
+    dataset = pydicom.dcmread(source)
+    reference = segment_mask(liver, str(dataset.SOPInstanceUID))  # dcmqi's liver on this slice
+    turn_prone(dataset)
+    dataset.save_as(tmp_path / "prone.dcm")
+    Image.fromarray(reference.astype(np.uint8) * 255).save(tmp_path / "supine_liver.png")
+    Image.fromarray(reference[::-1, ::-1].astype(np.uint8) * 255).save(tmp_path / "prone_liver.png")
+    runs = {}
+    for name, image in (("supine", source), ("prone", tmp_path / "prone.dcm")):
+        done = ibis("segment", image, "--query", "Segment the liver.", "--policy", "oracle", "--ground-truth",
+                    tmp_path / f"{name}_liver.png", "--max-turns", "5", "--out", tmp_path / name)
+        assert done.returncode == 0, done.stderr
+        runs[name] = (json.loads((tmp_path / name / "trajectory.json").read_text()),
+                      np.asarray(Image.open(tmp_path / name / "mask.png")) > 0)
+    (supine, supine_mask), (prone, prone_mask) = runs["supine"], runs["prone"]
+    assert supine["display"] == "as stored" and "flipped top-to-bottom, then flipped left-to-right" in prone["display"]
+    assert prone["clicks"] == supine["clicks"]  # the same picture, so the same clicks in the agent's view
+    assert np.array_equal(prone_mask, supine_mask[::-1, ::-1])  # ... and each mask on its own file's pixels
+    assert prone["reference_iou"] == supine["reference_iou"] > 0.5

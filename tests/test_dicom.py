@@ -32,8 +32,11 @@ from ibisagent.dicom import (
     write_segmentation,
 )
 from ibisagent.dicom import series as series_module
+from ibisagent.imaging.orientation import DisplayTransform
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+
+from conftest import turn_prone
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -663,18 +666,45 @@ def test_segment_dicom_writes_nothing_when_the_run_fails(ct3, tmp_path):
     assert not run.completed and run.written is None and not (tmp_path / "out").exists()
 
 
-def test_axial_slices_off_the_radiological_display_are_warned(ct3, tmp_path):
-    copy_series(ct3, tmp_path / "prone", lambda ds, i: setattr(ds, "ImageOrientationPatient", [-1, 0, 0, 0, -1, 0]))
-    with pytest.warns(DicomSeriesWarning, match=r"image's right toward the patient's right and its bottom toward "
-                                                r"the patient's anterior \(ImageOrientationPatient -1, 0, 0, 0, -1, 0\)"):
-        prone = read_series(tmp_path / "prone", slice_index=0)
-    standard = read_series(ct3, slice_index=0)
-    assert [p.name for p in prone.files] == [p.name for p in standard.files]  # same stack
-    assert not any("radiological display" in note for note in standard.warnings)
+def test_a_prone_series_is_shown_in_the_standard_display_and_its_seg_maps_back(ct3, tmp_path, dciodvfy,
+                                                                                segimage2itkimage):
+    from ibisagent.dicom.pipeline import segment_dicom
+    from ibisagent.policies.scripted import ScriptedPolicy
+
+    copy_series(ct3, tmp_path / "prone", lambda dataset, index: turn_prone(dataset))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DicomSeriesWarning)  # nothing is wrong with a prone series
+        prone = read_series(tmp_path / "prone", slice_index=1)
+    standard = read_series(ct3, slice_index=1)
+    assert np.array_equal(prone.rgb, standard.rgb)  # the agent sees the same picture
+    assert prone.display == DisplayTransform(flip_rows=True, flip_columns=True) and standard.display.is_identity
+    assert prone.display_note.startswith("axial slice stored with the image's right toward the patient's right and "
+                                         "its bottom toward the patient's anterior (ImageOrientationPatient -1, 0, 0, "
+                                         "0, -1, 0)") and standard.display_note is None
+
+    click = ["<think>t</think><action>Positive Point (0.7000, 0.4000)</action>", "<think>d</think><action>Terminate</action>"]
+    runs = {name: segment_dicom(source, "Segment the liver.", tmp_path / name / "out", DiskTool(),
+                                ScriptedPolicy(list(click)), label="liver", series=series)
+            for name, source, series in (("prone", tmp_path / "prone", prone), ("standard", ct3, standard))}
+    masks = {name: segment_mask(run.written.path, run.series.sop_instance_uid) for name, run in runs.items()}
+    assert np.array_equal(masks["prone"], masks["standard"][::-1, ::-1]) and masks["prone"].any()
+    assert not np.array_equal(masks["prone"], masks["standard"])
+    assert dciodvfy_errors(dciodvfy, runs["prone"].written.path) == []
+    sidecar = json.loads(runs["prone"].written.sidecar.read_text())["trajectory"]
+    assert "flipped top-to-bottom, then flipped left-to-right" in sidecar["display"]
+    assert sidecar["clicks"] == [{"x": 0.7, "y": 0.4, "positive": True}]  # where the agent clicked, in its view
+
+    def centre_in_patient_space(seg: Path, name: str) -> np.ndarray:  # where dcmqi places the segment
+        (mask, affine), = dcmqi_masks(segimage2itkimage, seg, tmp_path / name / "dcmqi")
+        rows, columns = np.nonzero(mask)
+        return (affine @ np.array([columns.mean(), rows.mean(), 0.0, 1.0]))[:3]
+
+    assert np.allclose(centre_in_patient_space(runs["prone"].written.path, "prone"),
+                       centre_in_patient_space(runs["standard"].written.path, "standard"), atol=0.5)
 
     def coronal(dataset, index):
         dataset.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
         dataset.ImagePositionPatient = [0, 5.0 * index, 0]
 
     copy_series(ct3, tmp_path / "coronal", coronal)
-    assert not any("radiological display" in note for note in read_series(tmp_path / "coronal", slice_index=0).warnings)
+    assert read_series(tmp_path / "coronal", slice_index=0).display.is_identity  # already the standard coronal view

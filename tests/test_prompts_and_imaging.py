@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from ibisagent.imaging.io import ImageReadError, read_image
+from ibisagent.imaging.orientation import IDENTITY, DisplayTransform, orientation_note, standard_display
 from ibisagent.imaging.overlay import MASK_COLOR, overlay_mask
 from ibisagent.imaging.transform import ImageTransform
 from ibisagent.imaging.windowing import apply_window, to_display
@@ -111,3 +112,36 @@ def test_read_nifti_slice_needs_an_index():
     assert loaded.kind == "nifti" and loaded.rgb.ndim == 3 and loaded.rgb.std() > 0
     with pytest.raises(ImageReadError, match="out of range"):
         read_image(path, slice_index=100000)
+
+
+_UNIT = [np.eye(3)[axis] * sign for axis in range(3) for sign in (1, -1)]
+_PLANES = {2: ((0, 1), (1, 1)), 1: ((0, 1), (2, -1)), 0: ((1, 1), (2, -1))}  # normal axis: (right, bottom) wanted
+
+
+@pytest.mark.parametrize("row, column", [(r, c) for r in _UNIT for c in _UNIT if abs(r @ c) < 0.5])
+def test_every_orthogonal_orientation_is_shown_in_the_standard_display(row, column):
+    """A patient coordinate grid stored with this orientation must grow toward the standard directions."""
+    transform = standard_display([*row, *column])
+    rows, columns = np.mgrid[0:3, 0:5]  # not square: a missing or extra transpose changes the shape
+    patient = rows[..., None] * column + columns[..., None] * row  # LPS position of each stored pixel
+    shown = transform.to_display(patient)
+    (right_axis, right_sign), (bottom_axis, bottom_sign) = _PLANES[int(np.argmax(np.abs(np.cross(row, column))))]
+    assert np.all(np.diff(shown[..., right_axis], axis=1) == right_sign)
+    assert np.all(np.diff(shown[..., bottom_axis], axis=0) == bottom_sign)
+    assert np.array_equal(transform.to_stored(shown), patient)
+    assert transform.stored_shape(shown.shape) == patient.shape[:2]
+    assert transform.is_identity == (transform.describe() == "as stored")
+
+
+def test_standard_orientations_stay_as_stored_and_a_prone_slice_is_named():
+    for standard in ([1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1], [0, 1, 0, 0, 0, -1], [0.999, 0.04, 0, -0.04, 0.999, 0]):
+        assert standard_display(standard) is IDENTITY or standard_display(standard).is_identity
+    for unusable in (None, [1, 0, 0], [1, 0, 0, 1, 0, 0], [float("nan")] * 6, [0.7, 0, 0.7, 0, 1, 0]):
+        assert standard_display(unusable).is_identity
+    prone = standard_display([-1, 0, 0, 0, -1, 0])
+    assert prone == DisplayTransform(flip_rows=True, flip_columns=True)
+    note = orientation_note([-1, 0, 0, 0, -1, 0], prone)
+    assert note.startswith("axial slice stored with the image's right toward the patient's right and its bottom "
+                           "toward the patient's anterior (ImageOrientationPatient -1, 0, 0, 0, -1, 0)")
+    assert "flipped top-to-bottom, then flipped left-to-right" in note
+    assert orientation_note([1, 0, 0, 0, 1, 0], IDENTITY) is None

@@ -71,7 +71,9 @@ def _segment(args: argparse.Namespace) -> int:
         raise CommandError("the query is empty")
     tool_config = parse_tool_spec(args.tool)  # cheap checks before any model loads
     loaded = read_image(args.image, args.slice, args.window)
-    ground_truth = read_mask(args.ground_truth, loaded.rgb.shape[:2]) if args.ground_truth else None
+    if loaded.display_note:
+        print(loaded.display_note, flush=True)
+    ground_truth = read_mask(args.ground_truth, loaded.rgb.shape[:2], loaded.display) if args.ground_truth else None
     prompts = load_prompts(args.prompts)
     policy = build_policy(args.policy, **_policy_options(args, ground_truth))
     tool = build_tool(tool_config)
@@ -89,12 +91,13 @@ def _segment(args: argparse.Namespace) -> int:
     metadata = {
         "input": Path(args.image).name, "input_kind": loaded.kind, "slice": loaded.slice_index,
         "query": args.query, "policy": args.policy, "tool": tool.name, "prompts": prompts.source,
+        "display": loaded.display_note or "as stored",
     }
     scored = ""
     if ground_truth is not None:
         metadata["reference_iou"] = round(iou(result.mask, ground_truth), 4)
         scored = f", IoU {metadata['reference_iou']:.3f} against the reference"
-    written = write_run(args.out, loaded.rgb, result, turn_masks, metadata)
+    written = write_run(args.out, loaded.rgb, result, turn_masks, metadata, loaded.display)
     print(f"{result.status.value} after {len(result.turns)} turn(s), {len(result.clicks)} click(s); "
           f"mask {int(result.mask.sum())} px{scored} -> {Path(args.out) / 'mask.png'} ({len(written)} files)")
     return 0
@@ -112,12 +115,14 @@ def _segment_dicom(args: argparse.Namespace) -> int:
         raise CommandError("the query is empty")
     tool_config = parse_tool_spec(args.tool)
     series = read_series(args.series_dir, args.slice, args.series_uid, args.window)  # input errors before models load
-    ground_truth = read_mask(args.ground_truth, series.rgb.shape[:2]) if args.ground_truth else None
+    ground_truth = read_mask(args.ground_truth, series.rgb.shape[:2], series.display) if args.ground_truth else None
     prompts = load_prompts(args.prompts)
     policy = build_policy(args.policy, **_policy_options(args, ground_truth))
     tool = build_tool(tool_config)
     print(f"series: {series.slice_count} slice(s), {series.modality or 'unknown modality'}, slice {series.index}",
           flush=True)
+    if series.display_note:
+        print(series.display_note, flush=True)
     run = segment_dicom(args.series_dir, args.query, args.out, tool, policy, label=args.label, prompts=prompts,
                         max_turns=args.max_turns, series=series, on_turn=_print_turn, tool_name=tool.name,
                         policy_name=args.policy)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .agent import AgentResult
+from .imaging.orientation import IDENTITY, DisplayTransform
 from .imaging.overlay import overlay_mask
 
 __all__ = ["write_run", "write_json_atomic", "save_torch_atomic", "publish"]
@@ -64,16 +65,23 @@ def write_json_atomic(path: str | Path, data: object) -> None:
 
 
 def write_run(out_dir: str | Path, image: np.ndarray, result: AgentResult, turn_masks: list[np.ndarray],
-              metadata: dict) -> list[Path]:
-    """mask.png (0/255 at image size), overlay.png, turn_NN.png per turn, trajectory.json."""
+              metadata: dict, display: DisplayTransform = IDENTITY) -> list[Path]:
+    """mask.png (0/255 at image size), overlay.png, turn_NN.png per turn, trajectory.json.
+
+    `image` and the masks are as the agent saw them; `display` (the reader's)
+    puts every picture back in the input's stored pixel order, so mask.png
+    lies on the input's pixels. The trajectory's clicks stay where the agent
+    clicked (callers say in `metadata["display"]` how that view was made).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    stored_image = display.to_stored(image)
     try:
-        Image.fromarray(result.mask.astype(np.uint8) * 255).save(staging / "mask.png")
-        Image.fromarray(overlay_mask(image, result.mask)).save(staging / "overlay.png")
+        Image.fromarray(display.to_stored(result.mask).astype(np.uint8) * 255).save(staging / "mask.png")
+        Image.fromarray(overlay_mask(stored_image, display.to_stored(result.mask))).save(staging / "overlay.png")
         for index, mask in enumerate(turn_masks):
-            Image.fromarray(overlay_mask(image, mask)).save(staging / f"turn_{index:02d}.png")
+            Image.fromarray(overlay_mask(stored_image, display.to_stored(mask))).save(staging / f"turn_{index:02d}.png")
         with (staging / "trajectory.json").open("w") as stream:
             json.dump({**metadata, **result.trajectory()}, stream, indent=2)
             stream.write("\n")

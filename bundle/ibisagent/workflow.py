@@ -18,6 +18,7 @@ import numpy as np
 
 from .agent import Agent
 from .imaging.io import read_image, read_mask
+from .imaging.orientation import IDENTITY, DisplayTransform
 from .outputs import write_json_atomic, write_run
 from .metrics import iou
 from .policies import build_policy
@@ -49,14 +50,16 @@ class AgentWorkflow:
         self.target_iou = target_iou
         self._shared_policy = None  # every policy but the oracle serves all items
 
-    def _policy(self, item: dict, shape: tuple[int, int]):
+    def _policy(self, item: dict, shape: tuple[int, int], display: DisplayTransform = IDENTITY):
+        """The policy for one item; `shape` is the image as the agent sees it (`display` of the stored one)."""
         if self.policy_name != "oracle":
             if self._shared_policy is None:
                 self._shared_policy = build_policy(self.policy_name, **self.policy_options)
             return self._shared_policy
         if not item.get("label"):
             raise ValueError(f"the oracle policy needs a 'label' mask for {Path(item['image']).name}")
-        return build_policy("oracle", ground_truth=read_mask(item["label"], shape), target_iou=self.target_iou)
+        reference = read_mask(item["label"], shape, display)
+        return build_policy("oracle", ground_truth=reference, target_iou=self.target_iou)
 
     def _run_dicom(self, item: dict, out_dir: Path, entry: dict) -> None:
         """A DICOM series folder: the chosen slice through the agent, a DICOM-SEG out."""
@@ -64,7 +67,7 @@ class AgentWorkflow:
         from .dicom.series import read_series
 
         series = read_series(item["image"], item.get("slice"), item.get("series_uid"), item.get("window"))
-        policy = self._policy(item, series.rgb.shape[:2])
+        policy = self._policy(item, series.rgb.shape[:2], series.display)
         run = segment_dicom(item["image"], item["query"], out_dir, self.tool, policy, label=item.get("target"),
                             prompts=self.prompts, max_turns=self.max_turns, series=series, tool_name=self.tool.name,
                             policy_name=self.policy_name)
@@ -76,15 +79,18 @@ class AgentWorkflow:
     def _run_image(self, item: dict, out_dir: Path, entry: dict) -> None:
         """A 2D image file: mask.png, overlays and trajectory.json out."""
         loaded = read_image(item["image"], item.get("slice"), item.get("window"))
-        agent = Agent(self.tool, self._policy(item, loaded.rgb.shape[:2]), self.prompts, self.max_turns)
+        policy = self._policy(item, loaded.rgb.shape[:2], loaded.display)
+        agent = Agent(self.tool, policy, self.prompts, self.max_turns)
         masks: list[np.ndarray] = []
         result = agent.run(loaded.rgb, item["query"], on_turn=lambda turn, mask: masks.append(mask))
         entry.update(status=result.status.value, clicks=len(result.clicks), mask_area=int(result.mask.sum()))
         if item.get("label") and self.policy_name != "oracle":  # a reference mask scores the policy's answer
-            entry["reference_iou"] = round(iou(result.mask, read_mask(item["label"], loaded.rgb.shape[:2])), 4)
+            reference = read_mask(item["label"], loaded.rgb.shape[:2], loaded.display)
+            entry["reference_iou"] = round(iou(result.mask, reference), 4)
         if result.status.completed:
-            metadata = {"input": entry["image"], "query": item["query"], "policy": self.policy_name, "tool": self.tool.name}
-            write_run(out_dir, loaded.rgb, result, masks, metadata)
+            metadata = {"input": entry["image"], "query": item["query"], "policy": self.policy_name, "tool": self.tool.name,
+                        "display": loaded.display_note or "as stored"}
+            write_run(out_dir, loaded.rgb, result, masks, metadata, loaded.display)
         else:
             entry["error"] = result.error
 

@@ -59,13 +59,14 @@ def segment_dicom(series_dir: str | Path | Sequence[str | Path], query: str, out
     result = agent.run(series.rgb, query, on_turn=on_turn)
     if not result.status.completed:
         return DicomSegmentationRun(series, result, segment_label, None)
-    mask = np.asarray(result.mask, bool)
+    mask = series.display.to_stored(np.asarray(result.mask, bool))
     trajectory = {
         "input": Path(series_dir).name if isinstance(series_dir, (str, Path)) else "file list",
         "series_instance_uid": series.series_instance_uid, "slice_index": series.index,
         "slice_count": series.slice_count, "window": series.window, "query": query, "label": segment_label,
         "tool": tool_name or getattr(tool, "name", type(tool).__name__),
         "policy": policy_name or type(policy).__name__, "input_warnings": list(series.warnings),
+        "display": series.display_note or "as stored",  # the frame of the clicks below; the SEG is in stored order
         **result.trajectory(),
     }
     written = write_segmentation(Path(out_dir) / file_name, series.source, mask, segment_label,

@@ -23,10 +23,11 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from ..imaging.orientation import IDENTITY, DisplayTransform, orientation_note, standard_display
 from ..imaging.windowing import CT_WINDOWS, to_display
 
 __all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesWarning", "SeriesGeometry", "SeriesSummary",
-           "SkippedFile", "list_series", "read_series", "values_withheld"]
+           "SkippedFile", "image_orientation", "list_series", "read_series", "values_withheld"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class SeriesGeometry:
 class DicomSeries:
     """The chosen slice for display, its source dataset and the whole sorted series."""
 
-    rgb: np.ndarray  # (H, W, 3) uint8: what the policy and the tool see
+    rgb: np.ndarray  # (H, W, 3) uint8: what the policy and the tool see, in the standard display
     index: int  # the chosen slice in sorted order
     source: Dataset  # the dataset holding the chosen slice
     frame_index: int | None  # 0-based frame within `source` for multi-frame objects, else None
@@ -104,6 +105,12 @@ class DicomSeries:
     series_instance_uid: str
     warnings: tuple[str, ...]
     skipped: tuple[SkippedFile, ...]
+    display: DisplayTransform = IDENTITY  # stored slice -> `rgb`; `display.to_stored` maps a mask back
+
+    @property
+    def display_note(self) -> str | None:
+        """Why and how `rgb` differs from the stored pixel order, or None when it does not."""
+        return orientation_note(self.geometry.orientation, self.display)
 
     @property
     def slice_count(self) -> int:
@@ -342,6 +349,15 @@ def _frame_item(dataset: Dataset, frame: int, sequence: str) -> Dataset | None:
     return None
 
 
+def image_orientation(dataset: Dataset, frame: int | None = None) -> np.ndarray | None:
+    """ImageOrientationPatient of a slice: a frame's functional groups in a multi-frame object, else the top level."""
+    groups = "PerFrameFunctionalGroupsSequence" in dataset or "SharedFunctionalGroupsSequence" in dataset
+    if frame is not None and groups:
+        item = _frame_item(dataset, frame, "PlaneOrientationSequence")
+        return _floats(item.get("ImageOrientationPatient"), 6) if item else None
+    return _floats(dataset.get("ImageOrientationPatient"), 6)
+
+
 def _instance_number(dataset: Dataset) -> int | None:
     try:
         return int(dataset.get("InstanceNumber"))
@@ -359,14 +375,11 @@ def _slices(members: list[tuple[Path, Dataset]], root: Path) -> list[_Slice]:
         out = []
         for frame in range(frames[0]):
             plane = _frame_item(dataset, frame, "PlanePositionSequence")
-            orient = _frame_item(dataset, frame, "PlaneOrientationSequence")
-            out.append(_Slice(dataset, path, frame,
-                              _floats(plane.get("ImagePositionPatient"), 3) if plane else None,
-                              _floats(orient.get("ImageOrientationPatient"), 6) if orient else None,
-                              frame + 1))
+            out.append(_Slice(dataset, path, frame, _floats(plane.get("ImagePositionPatient"), 3) if plane else None,
+                              image_orientation(dataset, frame), frame + 1))
         return out
-    return [_Slice(dataset, path, None, _floats(dataset.get("ImagePositionPatient"), 3),
-                   _floats(dataset.get("ImageOrientationPatient"), 6), _instance_number(dataset))
+    return [_Slice(dataset, path, None, _floats(dataset.get("ImagePositionPatient"), 3), image_orientation(dataset),
+                   _instance_number(dataset))
             for path, dataset in members]
 
 
@@ -443,36 +456,6 @@ def _sort(slices: list[_Slice], root: Path, notes: list[str]) -> tuple[list[_Sli
     geometry = SeriesGeometry("geometry", tuple(orientation.tolist()), tuple(normal.tolist()), positions,
                               tuple(along.tolist()), spacing, median, uniform, tilt, frame_of_reference)
     return ordered, geometry
-
-
-_TOWARD = {(0, 1): "left", (0, -1): "right", (1, 1): "posterior", (1, -1): "anterior", (2, 1): "superior",
-           (2, -1): "inferior"}  # LPS axes and signs in words
-
-
-def _display_note(orientation: tuple[float, ...] | None) -> str | None:
-    """A note when an axial slice is not in the radiological display the embedded policy was trained on.
-
-    The agent sees the pixels as stored; a prone or mirrored slice puts organs
-    where the policy never saw them, so the user should know before trusting it.
-    """
-    if orientation is None:
-        return None
-    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
-    if int(np.argmax(np.abs(np.cross(row, column)))) != 2:  # coronal or sagittal: no trained convention
-        return None
-
-    def toward(direction: np.ndarray) -> str:
-        axis = int(np.argmax(np.abs(direction)))
-        return _TOWARD[(axis, 1 if direction[axis] > 0 else -1)]
-
-    right, bottom = toward(row), toward(column)
-    if (right, bottom) == ("left", "posterior"):
-        return None
-    cosines = ", ".join(f"{v:g}" for v in np.round(np.asarray(orientation, float), 3) + 0.0)  # + 0.0: no "-0"
-    return (f"axial slice stored with the image's right toward the patient's {right} and its bottom toward the "
-            f"patient's {bottom} (ImageOrientationPatient {cosines}); the agent sees it as stored, and the embedded "
-            "policy learnt axial anatomy in the radiological display (the patient's right on the image's left, "
-            "anterior at the top): expect worse masks")
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -574,6 +557,9 @@ def read_series(source: str | Path | Sequence[str | Path], slice_index: int | No
                 series_uid: str | None = None, window: str | None = None) -> DicomSeries:
     """Read one series from a folder (searched recursively) or a file list and display one slice.
 
+    The slice is shown in the standard display whatever its stored orientation
+    (`DicomSeries.display` says how; `display.to_stored` maps a mask back).
+
     `window`: a CT preset (abdomen, lung, bone, brain) or "percentile"; by default
     CT gets "abdomen" and every other modality percentiles.
     """
@@ -586,6 +572,8 @@ def read_series(source: str | Path | Sequence[str | Path], slice_index: int | No
     for note in series.warnings:
         warnings.warn(note, DicomSeriesWarning, stacklevel=2)
         log.info("%s", note)
+    if series.display_note:
+        log.info("%s", series.display_note)
     return series
 
 
@@ -606,14 +594,13 @@ def _read(source: str | Path | Sequence[str | Path], slice_index: int | None, se
     _check_uids(members, root)
     notes: list[str] = []
     ordered, geometry = _sort(_slices(members, root), root, notes)
-    display = _display_note(geometry.orientation)
-    if display:
-        notes.append(display)
     index = _choose(len(ordered), slice_index)
     volume, colour = _build_volume(ordered, root)
     chosen = ordered[index]
     modality = str(chosen.dataset.get("Modality", "") or "")
     rgb, used = _display(volume[index], chosen.dataset, modality, window, colour)
+    display = standard_display(geometry.orientation)
     datasets = tuple({id(s.dataset): s.dataset for s in ordered}.values())  # one per object, sorted order
-    return DicomSeries(rgb, index, chosen.dataset, chosen.frame, datasets, tuple(s.path for s in ordered), volume,
-                       geometry, modality, used, str(series_uid), tuple(notes), tuple(skipped))
+    return DicomSeries(display.to_display(rgb), index, chosen.dataset, chosen.frame, datasets,
+                       tuple(s.path for s in ordered), volume, geometry, modality, used, str(series_uid), tuple(notes),
+                       tuple(skipped), display)

@@ -2,15 +2,18 @@
 
 Every reader returns display RGB uint8 (what the policy and the tool see) and
 says where the pixels came from; errors name the file and the reason in one line.
+DICOM and NIfTI slices are shown in the standard (radiological) display; for
+DICOM, `LoadedImage.display` maps a mask back to the file's pixel order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .orientation import IDENTITY, DisplayTransform, orientation_note, standard_display
 from .windowing import to_display
 
 __all__ = ["ImageReadError", "LoadedImage", "read_image", "read_mask"]
@@ -28,7 +31,8 @@ class LoadedImage:
     kind: str  # "raster" | "dicom" | "nifti"
     modality: str | None = None
     slice_index: int | None = None
-    details: dict = field(default_factory=dict)
+    display: DisplayTransform = IDENTITY  # stored pixels -> `rgb` (DICOM slices stored off the standard display)
+    display_note: str | None = None  # why and how, when `display` is not the identity
 
 
 def _as_rgb(values: np.ndarray, path: Path) -> np.ndarray:
@@ -75,19 +79,29 @@ def _read_dicom(path: Path, slice_index: int | None, window: str | None) -> Load
         pixels = pixels[index]
     else:
         index = _choose_slice(1, slice_index, path)
+    modality = str(dataset.get("Modality", "")) or None
     if colour:
         if photometric.startswith("YBR"):
             from pydicom.pixels import convert_color_space
 
             pixels = convert_color_space(pixels, photometric, "RGB")
-        rgb = to_display(pixels) if pixels.dtype != np.uint8 else pixels
-        return LoadedImage(_as_rgb(rgb, path), "dicom", str(dataset.get("Modality", "")) or None, index)
-    values = apply_modality_lut(pixels, dataset).astype(np.float32)
-    if photometric == "MONOCHROME1":
-        values = values.max() + values.min() - values
-    modality = str(dataset.get("Modality", "")) or None
-    display = to_display(values, modality=modality, window=window)
-    return LoadedImage(_as_rgb(display, path), "dicom", modality, index)
+        display = to_display(pixels) if pixels.dtype != np.uint8 else pixels
+    else:
+        values = apply_modality_lut(pixels, dataset).astype(np.float32)
+        if photometric == "MONOCHROME1":
+            values = values.max() + values.min() - values
+        display = to_display(values, modality=modality, window=window)
+    return _shown_as_standard(_as_rgb(display, path), dataset, index if frames > 1 else None, modality, index)
+
+
+def _shown_as_standard(rgb: np.ndarray, dataset, frame: int | None, modality: str | None, index: int) -> LoadedImage:
+    """The slice in the standard display its ImageOrientationPatient calls for (see `orientation`)."""
+    from ..dicom.series import image_orientation
+
+    orientation = image_orientation(dataset, frame)
+    transform = standard_display(orientation)
+    return LoadedImage(transform.to_display(rgb), "dicom", modality, index, transform,
+                       orientation_note(orientation, transform))
 
 
 def _read_nifti(path: Path, slice_index: int | None, window: str | None) -> LoadedImage:
@@ -131,8 +145,13 @@ def read_image(path: str | Path, slice_index: int | None = None, window: str | N
     return _read_dicom(path, slice_index, window)
 
 
-def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A binary mask image (grey > 127 is inside), optionally checked against its image's (rows, cols)."""
+def read_mask(path: str | Path, shape: tuple[int, int] | None = None,
+              display: DisplayTransform = IDENTITY) -> np.ndarray:
+    """A binary mask image (grey > 127 is inside), drawn on the stored pixels of its image, as the agent sees it.
+
+    `display` is the image reader's (`LoadedImage.display`, `DicomSeries.display`);
+    `shape`, checked when given, is the image's (rows, cols) as the agent sees it.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -141,6 +160,7 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
             mask = np.asarray(image.convert("L")) > 127
     except (UnidentifiedImageError, OSError) as error:
         raise ImageReadError(f"cannot read mask {path}: {error}") from None
-    if shape is not None and mask.shape != tuple(shape):
-        raise ImageReadError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, the image {shape[1]}x{shape[0]}")
-    return mask
+    expected = display.stored_shape(shape) if shape is not None else None
+    if expected is not None and mask.shape != expected:
+        raise ImageReadError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, the image {expected[1]}x{expected[0]}")
+    return display.to_display(mask)
