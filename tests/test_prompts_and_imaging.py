@@ -110,6 +110,11 @@ def test_read_nifti_slice_needs_an_index():
         read_image(path)
     loaded = read_image(path, slice_index=10, window="abdomen")
     assert loaded.kind == "nifti" and loaded.rgb.ndim == 3 and loaded.rgb.std() > 0
+    default = read_image(path, slice_index=10)  # values in HU: CT's default window, as for DICOM CT
+    assert default.window == "abdomen" and np.array_equal(default.rgb, loaded.rgb)
+    assert read_image(path, slice_index=10, window="percentile").window == "percentile"
+    mr = read_image(path.with_name("example_mr_sm.nii.gz"), slice_index=10)
+    assert mr.window == "percentile" and mr.rgb.std() > 0
     with pytest.raises(ImageReadError, match="out of range"):
         read_image(path, slice_index=100000)
 

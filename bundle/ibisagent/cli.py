@@ -89,7 +89,7 @@ def _segment(args: argparse.Namespace) -> int:
     if not result.status.completed:
         raise CommandError(f"run ended with {result.status.value}: {result.error or 'the policy gave no usable answer'}; nothing written")
     metadata = {
-        "input": Path(args.image).name, "input_kind": loaded.kind, "slice": loaded.slice_index,
+        "input": Path(args.image).name, "input_kind": loaded.kind, "slice": loaded.slice_index, "window": loaded.window,
         "query": args.query, "policy": args.policy, "tool": tool.name, "prompts": prompts.source,
         "display": loaded.display_note or "as stored",
     }
@@ -357,7 +357,8 @@ def _add_input_options(parser: argparse.ArgumentParser, slice_help: str) -> None
     parser.add_argument("--query", required=True)
     parser.add_argument("--out", default="out")
     parser.add_argument("--slice", type=int, help=slice_help)
-    parser.add_argument("--window", help="abdomen | lung | bone | brain | percentile")
+    parser.add_argument("--window", help="abdomen | lung | bone | brain | percentile (default: abdomen for CT, "
+                                         "NIfTI in Hounsfield units included; percentiles otherwise)")
     parser.add_argument("--ground-truth", help="oracle: the reference mask of the image or slice (PNG)")
 
 

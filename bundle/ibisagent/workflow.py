@@ -89,7 +89,7 @@ class AgentWorkflow:
             entry["reference_iou"] = round(iou(result.mask, reference), 4)
         if result.status.completed:
             metadata = {"input": entry["image"], "query": item["query"], "policy": self.policy_name, "tool": self.tool.name,
-                        "display": loaded.display_note or "as stored"}
+                        "window": loaded.window, "display": loaded.display_note or "as stored"}
             write_run(out_dir, loaded.rgb, result, masks, metadata, loaded.display)
         else:
             entry["error"] = result.error

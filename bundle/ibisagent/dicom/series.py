@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ..imaging.orientation import IDENTITY, DisplayTransform, orientation_note, standard_display
-from ..imaging.windowing import CT_WINDOWS, to_display
+from ..imaging.windowing import CT_WINDOWS, default_window, to_display
 
 __all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesWarning", "SeriesGeometry", "SeriesSummary",
            "SkippedFile", "image_orientation", "list_series", "read_series", "values_withheld"]
@@ -533,7 +533,7 @@ def _display(plane: np.ndarray, dataset: Dataset, modality: str, window: str | N
     if colour:
         rgb = plane if plane.dtype == np.uint8 else to_display(plane.astype(np.float32), window="percentile")
         return np.ascontiguousarray(rgb[..., :3]), "colour"
-    used = window or ("abdomen" if modality == "CT" else "percentile")
+    used = window or default_window(modality)
     display = to_display(plane, modality=modality, window=used)
     if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         display = 255 - display  # low values are shown bright: invert after windowing the real values

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .orientation import IDENTITY, DisplayTransform, orientation_note, standard_display
-from .windowing import to_display
+from .windowing import default_window, to_display
 
-__all__ = ["ImageReadError", "LoadedImage", "read_image", "read_mask"]
+__all__ = ["ImageReadError", "LoadedImage", "radiological_slice", "read_image", "read_mask", "read_nifti_volume"]
 
 _RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -31,6 +31,7 @@ class LoadedImage:
     kind: str  # "raster" | "dicom" | "nifti"
     modality: str | None = None
     slice_index: int | None = None
+    window: str | None = None  # the display window applied (a CT preset, "percentile", "colour"); None for rasters
     display: DisplayTransform = IDENTITY  # stored pixels -> `rgb` (DICOM slices stored off the standard display)
     display_note: str | None = None  # why and how, when `display` is not the identity
 
@@ -85,28 +86,32 @@ def _read_dicom(path: Path, slice_index: int | None, window: str | None) -> Load
             from pydicom.pixels import convert_color_space
 
             pixels = convert_color_space(pixels, photometric, "RGB")
-        display = to_display(pixels) if pixels.dtype != np.uint8 else pixels
+        display, used = (to_display(pixels) if pixels.dtype != np.uint8 else pixels), "colour"
     else:
         values = apply_modality_lut(pixels, dataset).astype(np.float32)
         if photometric == "MONOCHROME1":
             values = values.max() + values.min() - values
-        display = to_display(values, modality=modality, window=window)
-    return _shown_as_standard(_as_rgb(display, path), dataset, index if frames > 1 else None, modality, index)
+        used = window or default_window(modality)
+        display = to_display(values, window=used)
+    return _shown_as_standard(_as_rgb(display, path), dataset, index if frames > 1 else None, modality, index, used)
 
 
-def _shown_as_standard(rgb: np.ndarray, dataset, frame: int | None, modality: str | None, index: int) -> LoadedImage:
+def _shown_as_standard(rgb: np.ndarray, dataset, frame: int | None, modality: str | None, index: int,
+                       window: str) -> LoadedImage:
     """The slice in the standard display its ImageOrientationPatient calls for (see `orientation`)."""
     from ..dicom.series import image_orientation
 
     orientation = image_orientation(dataset, frame)
     transform = standard_display(orientation)
-    return LoadedImage(transform.to_display(rgb), "dicom", modality, index, transform,
+    return LoadedImage(transform.to_display(rgb), "dicom", modality, index, window, transform,
                        orientation_note(orientation, transform))
 
 
-def _read_nifti(path: Path, slice_index: int | None, window: str | None) -> LoadedImage:
+def read_nifti_volume(path: str | Path) -> np.ndarray:
+    """A NIfTI image as a float32 (x, y, z) volume in RAS+ orientation (2D images get z = 1)."""
     import nibabel as nib
 
+    path = Path(path)
     try:
         image = nib.as_closest_canonical(nib.load(str(path)))
         volume = np.asarray(image.dataobj, dtype=np.float32)
@@ -116,10 +121,21 @@ def _read_nifti(path: Path, slice_index: int | None, window: str | None) -> Load
         volume = volume[..., None]
     if volume.ndim != 3:
         raise ImageReadError(f"{path.name}: expected a 2D or 3D NIfTI image, got {volume.ndim} dimensions")
+    return volume
+
+
+def radiological_slice(volume: np.ndarray, index: int) -> np.ndarray:
+    """Axial slice `index` of a RAS+ volume as shown radiologically: the patient's right on the left, anterior up."""
+    return volume[::-1, ::-1, index].T
+
+
+def _read_nifti(path: Path, slice_index: int | None, window: str | None) -> LoadedImage:
+    volume = read_nifti_volume(path)
     index = _choose_slice(volume.shape[2], slice_index, path)
-    # RAS+ axial slice shown radiologically: patient's right on the left, anterior up.
-    values = volume[::-1, ::-1, index].T
-    return LoadedImage(_as_rgb(to_display(values, window=window or "percentile"), path), "nifti", None, index)
+    values = radiological_slice(volume, index)
+    # NIfTI has no modality: values in Hounsfield units (air near -1000) mark CT; MR, PET and z-scores stay far above
+    used = window or default_window("CT" if float(volume.min()) <= -500 else None)
+    return LoadedImage(_as_rgb(to_display(values, window=used), path), "nifti", None, index, used)
 
 
 def _choose_slice(count: int, slice_index: int | None, path: Path) -> int:

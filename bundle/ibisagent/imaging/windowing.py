@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CT_WINDOWS", "apply_window", "percentile_window", "to_display"]
+__all__ = ["CT_WINDOWS", "apply_window", "default_window", "percentile_window", "to_display"]
 
 # (center, width) in Hounsfield units: the usual radiology presets.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -35,6 +35,15 @@ def percentile_window(values: np.ndarray, low: float = 0.5, high: float = 99.5) 
     return apply_window(np.nan_to_num(values, nan=lo), (lo + hi) / 2.0, hi - lo)
 
 
+def default_window(modality: str | None) -> str:
+    """The abdomen preset for CT, percentiles otherwise.
+
+    The abdomen preset serves the default tool best on CT (docs/results.md,
+    "CT display window"); MR, ultrasound and unknown scales have no fixed units.
+    """
+    return "abdomen" if modality == "CT" else "percentile"
+
+
 def to_display(values: np.ndarray, modality: str | None = None, window: str | None = None) -> np.ndarray:
     """Pick a window: a named CT preset, else percentiles; uint8 input passes through."""
     if window is not None:
@@ -45,6 +54,4 @@ def to_display(values: np.ndarray, modality: str | None = None, window: str | No
         return apply_window(values, *CT_WINDOWS[window])
     if values.dtype == np.uint8:
         return values
-    if modality == "CT":
-        return apply_window(values, *CT_WINDOWS["abdomen"])
-    return percentile_window(values)
+    return to_display(values, window=default_window(modality))
