@@ -76,10 +76,10 @@ def write_run(out_dir: str | Path, image: np.ndarray, result: AgentResult, turn_
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
-    stored_image = display.to_stored(image)
     try:
-        Image.fromarray(display.to_stored(result.mask).astype(np.uint8) * 255).save(staging / "mask.png")
-        Image.fromarray(overlay_mask(stored_image, display.to_stored(result.mask))).save(staging / "overlay.png")
+        stored_image, final_mask = display.to_stored(image), display.to_stored(result.mask)
+        Image.fromarray(final_mask.astype(np.uint8) * 255).save(staging / "mask.png")
+        Image.fromarray(overlay_mask(stored_image, final_mask)).save(staging / "overlay.png")
         for index, mask in enumerate(turn_masks):
             Image.fromarray(overlay_mask(stored_image, display.to_stored(mask))).save(staging / f"turn_{index:02d}.png")
         with (staging / "trajectory.json").open("w") as stream:
