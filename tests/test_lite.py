@@ -200,3 +200,37 @@ def test_foreign_embeddings_and_checkpoints_are_refused(tmp_path, lite_tool, lit
     torch.save({"weights": 1}, other)
     with pytest.raises(ValueError, match="not an IBIS-lite policy checkpoint"):
         build_policy("lite", checkpoint=other)
+
+
+def test_confidence_stop_ends_the_run_when_the_tool_estimate_falls(lite_tool, lite_policy, demo_image):
+    """The agent hands the tool's estimates to the policy; the lite policy stops once they fall by over 0.1."""
+    from ibisagent.policies import Observation, build_policy
+    from ibisagent.policies.scripted import ScriptedPolicy
+    from ibisagent.protocol import ActionKind
+
+    seen = []
+
+    class Recording(ScriptedPolicy):
+        def act(self, observation, messages):
+            seen.append(observation.predicted_ious)
+            return super().act(observation, messages)
+
+    clicks = ["<think>a</think><action>Positive Point (0.3000, 0.4500)</action>",
+              "<think>b</think><action>Negative Point (0.3000, 0.4500)</action>",
+              "<think>c</think><action>Terminate</action>"]
+    result = Agent(lite_tool, Recording(clicks), max_turns=5).run(demo_image, "Segment the liver.")
+    estimates = [turn.predicted_iou for turn in result.turns if turn.predicted_iou is not None]
+    assert len(seen) == 3 and seen[0] == () and [round(v, 4) for v in seen[2]] == estimates and len(estimates) == 2
+
+    embedding = lite_tool.encode(demo_image)
+    clicked = tuple(result.clicks)
+
+    def answer(policy, estimates):
+        observation = Observation(demo_image, demo_image, result.mask, "Segment the liver.", 2, clicked, embedding,
+                                  estimates)
+        return parse_response(policy.act(observation, []))
+
+    fell = answer(lite_policy, (0.92, 0.95, 0.80))
+    assert fell.action.kind is ActionKind.TERMINATE and "fell from 0.95 to 0.80" in fell.think
+    assert "fell from" not in answer(lite_policy, (0.92, 0.95, 0.88)).think  # within 0.1: the network decides
+    assert "fell from" not in answer(build_policy("lite-no-confidence-stop"), (0.92, 0.95, 0.80)).think

@@ -118,11 +118,13 @@ class Agent:
         low_res: np.ndarray | None = None
         recent: list[Action] = []
         invalid_in_a_row = 0
+        predicted_ious: list[float] = []
         for index in range(self.max_turns):
             view = image if index == 0 else overlay_mask(image, result.mask)
             user = self._user_message(view, query, index)
             conversation = messages + [user] if self.history else [messages[0], user]
-            observation = Observation(image, view, result.mask, query, index, tuple(result.clicks), embedding)
+            observation = Observation(image, view, result.mask, query, index, tuple(result.clicks), embedding,
+                                      tuple(predicted_ious))
 
             started = time.perf_counter()
             try:
@@ -164,6 +166,7 @@ class Agent:
                     turn.tool_seconds = time.perf_counter() - started
                     low_res, result.mask = output.low_res_logits, output.mask
                     turn.predicted_iou, turn.mask_area = round(output.iou, 4), int(output.mask.sum())
+                    predicted_ious.append(float(output.iou))
             if on_turn:
                 on_turn(turn, result.mask)
             if stop is not None:

@@ -25,8 +25,10 @@ class CommandError(Exception):
 
 
 def _policy_options(args: argparse.Namespace, ground_truth: np.ndarray | None, name: str | None = None) -> dict:
+    from .policies import LITE_POLICY_NAMES
+
     name = name or args.policy
-    if name in ("lite", "lite-one-click"):
+    if name in LITE_POLICY_NAMES:
         return {"checkpoint": args.checkpoint} if args.checkpoint else {}
     if name == "oracle":
         return {"ground_truth": ground_truth, "target_iou": args.target_iou}
@@ -176,7 +178,7 @@ def _trajectories(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_policies, load_queries, markdown_table, read_manifest, select_pairs, summarise
     from .outputs import write_json_atomic
-    from .policies import build_policy
+    from .policies import LITE_POLICY_NAMES, build_policy
     from .prompting import load_prompts
     from .tools.factory import build_tool
 
@@ -187,7 +189,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     def build_shared(name: str):
         kind, _, checkpoint = name.partition("=")  # `lite=PATH`: the lite policy with another checkpoint
-        if checkpoint and kind not in ("lite", "lite-one-click"):
+        if checkpoint and kind not in LITE_POLICY_NAMES:
             raise CommandError(f"--compare {name!r}: only lite policies take a checkpoint (lite=PATH)")
         options = _policy_options(args, None, kind)
         return build_policy(kind, **(options | {"checkpoint": checkpoint} if checkpoint else options))

@@ -31,6 +31,7 @@ class Observation:
     turn: int  # 0-based
     clicks: tuple[Click, ...] = ()  # the clicks so far, in order
     embedding: ImageEmbedding | None = None  # the tool's embedding of `image`, for policies that reuse it
+    predicted_ious: tuple[float, ...] = ()  # the tool's own IoU estimate of its mask after each click, in order
 
 
 class Policy(ABC):

@@ -6,9 +6,10 @@ from typing import Any
 
 from .base import Policy
 
-__all__ = ["POLICY_NAMES", "build_policy"]
+__all__ = ["LITE_POLICY_NAMES", "POLICY_NAMES", "build_policy"]
 
-POLICY_NAMES = ("lite", "lite-one-click", "scripted", "oracle", "hf", "openai", "triton")
+LITE_POLICY_NAMES = ("lite", "lite-one-click", "lite-no-confidence-stop")  # one network, played three ways
+POLICY_NAMES = (*LITE_POLICY_NAMES, "scripted", "oracle", "hf", "openai", "triton")
 
 
 def build_policy(name: str, **options: Any) -> Policy:
@@ -16,13 +17,16 @@ def build_policy(name: str, **options: Any) -> Policy:
     `triton` a `server` (HOST:PORT, gRPC) and optionally a `model` (default ibis_mllm).
 
     `lite` (the embedded default) takes an optional `checkpoint`; `lite-one-click` is the same policy
-    stopped after its first click (the no-refinement ablation).
+    stopped after its first click (the no-refinement ablation); `lite-no-confidence-stop` the same
+    policy without its stop on a falling tool estimate (that rule's ablation).
     """
-    if name in ("lite", "lite-one-click"):
+    if name in LITE_POLICY_NAMES:
         from .lite import LitePolicy
 
         if name == "lite-one-click":
             options = {**options, "max_clicks": 1}
+        if name == "lite-no-confidence-stop":
+            options = {**options, "confidence_drop": None}
         return LitePolicy(**options)
     if name == "scripted":
         from .scripted import ScriptedPolicy

@@ -68,20 +68,32 @@ def rationale(query: str, mask_fraction: float, n_clicks: int, kind: str, x: flo
             f"there (confidence {probability:.2f}).")
 
 
+CONFIDENCE_DROP = 0.1  # chosen on validation and real CT outside the test split (docs/lite.md, Greedy play)
+
+
 class LitePolicy(Policy):
-    """Greedy IBIS-lite; `max_clicks=1` gives the one-click (no refinement) variant."""
+    """Greedy IBIS-lite; `max_clicks=1` gives the one-click (no refinement) variant.
+
+    `confidence_drop`: stop once the tool's own IoU estimate of the mask has
+    fallen more than this below its best in the run (None: never). The
+    network never sees that estimate; where it drifts (clicks that keep
+    shrinking a mask it misreads), the tool's estimate falls first.
+    """
 
     name = "lite"
 
     def __init__(self, checkpoint: str | Path | None = None, max_clicks: int | None = None,
-                 query_encoder: QueryEncoder | None = None):
+                 query_encoder: QueryEncoder | None = None, confidence_drop: float | None = CONFIDENCE_DROP):
         self.checkpoint = Path(checkpoint) if checkpoint else shipped_lite_policy()
         self.network, self.metadata = load_lite_checkpoint(self.checkpoint)
         self.config = self.network.config
         self.max_clicks = max_clicks
+        self.confidence_drop = confidence_drop
         self.queries = query_encoder or _shared_query_encoder()
         if max_clicks == 1:
             self.name = "lite-one-click"
+        elif confidence_drop is None:
+            self.name = "lite-no-confidence-stop"
 
     def act(self, observation: Observation, messages: list[Message]) -> str:
         embedding = observation.embedding
@@ -99,6 +111,13 @@ class LitePolicy(Policy):
         if self.max_clicks is not None and len(observation.clicks) >= self.max_clicks:
             return format_response(Action.terminate(), f"The request: \"{observation.query}\". "
                                    f"I was asked for at most {self.max_clicks} click(s); I stop.")
+        estimates = observation.predicted_ious
+        if self.confidence_drop is not None and len(estimates) >= 2 \
+                and max(estimates[:-1]) - estimates[-1] > self.confidence_drop:
+            return format_response(Action.terminate(), f"The request: \"{observation.query}\". The segmentation "
+                                   f"tool's own estimate of the mask fell from {max(estimates[:-1]):.2f} to "
+                                   f"{estimates[-1]:.2f} after my last click; more clicks would likely make it "
+                                   "worse, so I stop.")
         scale_x, scale_y = frame.width * frame.scale, frame.height * frame.scale
         state = PolicyState(frame.mask_to_input(observation.mask), valid_region(frame),
                             tuple((c.x * scale_x, c.y * scale_y, c.positive) for c in observation.clicks),
