@@ -68,7 +68,7 @@ def rationale(query: str, mask_fraction: float, n_clicks: int, kind: str, x: flo
             f"there (confidence {probability:.2f}).")
 
 
-CONFIDENCE_DROP = 0.1  # chosen on validation and real CT outside the test split (docs/lite.md, Greedy play)
+CONFIDENCE_DROP = 0.1  # chosen on validation and real CT outside the test split (docs/lite.md, Confidence stop)
 
 
 class LitePolicy(Policy):
