@@ -24,7 +24,7 @@ from PIL import Image
 
 from ibisagent.dicom import read_series, segment_mask
 from ibisagent.imaging.io import radiological_slice, read_nifti_volume
-from ibisagent.imaging.windowing import CT_WINDOWS, apply_window, percentile_window
+from ibisagent.imaging.windowing import CT_WINDOWS, apply_window, to_display
 
 TOTALSEG = Path("../shared/data/volumes/totalseg-example")
 DCMQI_CT = Path("../shared/data/dicom/dcmqi-ct-3slice")
@@ -44,10 +44,10 @@ args = parser.parse_args()
 
 
 def window_function(spec: str):
-    if spec == "percentile":
-        return "percentile", percentile_window
     name, _, values = spec.partition("=")
-    center, width = (float(v) for v in values.split(",")) if values else CT_WINDOWS[name]
+    if not values:  # a preset or "percentile": exactly what the readers apply
+        return name, lambda hu: to_display(hu, window=name)
+    center, width = (float(v) for v in values.split(","))
     return name, lambda hu: apply_window(hu, center, width)
 
 
@@ -60,9 +60,9 @@ def slices():
         label_slice = radiological_slice(labels, index)
         masks = {BTCV_LABELS[name]: label_slice == ids[name] for name in BTCV_LABELS if name in ids}
         yield "totalseg-ct", f"z{index:03d}", radiological_slice(volume, index), masks
-    for index in range(len([p for p in DCMQI_CT.iterdir() if p.is_file()])):
-        series = read_series(DCMQI_CT, slice_index=index)
-        liver = segment_mask(DCMQI_LIVER, series.sop_instance_uid)
+    series = read_series(DCMQI_CT, slice_index=0)  # the whole sorted volume; any slice index reads it
+    for index in range(series.slice_count):
+        liver = segment_mask(DCMQI_LIVER, str(series.datasets[index].SOPInstanceUID))
         yield "dcmqi-ct", f"s{index}", series.display.to_display(series.volume[index]), {
             "liver": series.display.to_display(liver)}
 

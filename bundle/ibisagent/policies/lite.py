@@ -112,10 +112,11 @@ class LitePolicy(Policy):
             return format_response(Action.terminate(), f"The request: \"{observation.query}\". "
                                    f"I was asked for at most {self.max_clicks} click(s); I stop.")
         estimates = observation.predicted_ious
-        if self.confidence_drop is not None and len(estimates) >= 2 \
-                and max(estimates[:-1]) - estimates[-1] > self.confidence_drop:
+        best_before = max(estimates[:-1], default=None)  # None until the second click
+        if self.confidence_drop is not None and best_before is not None \
+                and best_before - estimates[-1] > self.confidence_drop:
             return format_response(Action.terminate(), f"The request: \"{observation.query}\". The segmentation "
-                                   f"tool's own estimate of the mask fell from {max(estimates[:-1]):.2f} to "
+                                   f"tool's own estimate of the mask fell from {best_before:.2f} to "
                                    f"{estimates[-1]:.2f} after my last click; more clicks would likely make it "
                                    "worse, so I stop.")
         scale_x, scale_y = frame.width * frame.scale, frame.height * frame.scale
