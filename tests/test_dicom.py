@@ -31,7 +31,8 @@ from ibisagent.dicom import (
     segment_mask,
     write_segmentation,
 )
-from ibisagent.dicom import series as series_module
+from ibisagent.dicom import pixels as pixels_module
+from ibisagent.imaging.io import ImageReadError, read_image
 from ibisagent.imaging.orientation import DisplayTransform
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -508,7 +509,7 @@ def test_jpeg2000_slice_decodes_losslessly(ct3, tmp_path, dciodvfy):
 
 def test_jpeg2000_without_decoder_names_what_is_missing(ct3, tmp_path, monkeypatch):
     folder = _jpeg2000_copy(ct3, tmp_path)
-    monkeypatch.setattr(series_module, "_decoder_status",
+    monkeypatch.setattr(pixels_module, "_decoder_status",
                         lambda syntax: (False, ["pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-openjpeg>=2.0"]))
     with pytest.raises(DicomSeriesError, match=r"02\.dcm: pixel data is compressed as JPEG 2000 .*no decoder is "
                                                r"installed here: pylibjpeg - requires .*pip install pylibjpeg"):
@@ -584,6 +585,70 @@ def test_cine_without_frame_of_reference_reads_but_cannot_get_a_seg(tmp_path):
         write_segmentation(tmp_path / "seg.dcm", series.source, np.zeros((240, 320), bool), "fetal head",
                            frame_index=series.frame_index)
     assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- one pixel path
+# `ibis segment FILE.dcm` (read_image) and the series reader share dicom/pixels.py: same display, same errors.
+
+@pytest.mark.parametrize("name, frame", [
+    ("SC_ybr_full_422_uncompressed.dcm", None), ("SC_rgb_dcmtk_+eb+cy+n1.dcm", None),  # YBR, uncompressed / JPEG
+    ("examples_ybr_color.dcm", 10), ("examples_palette.dcm", None), ("examples_rgb_color.dcm", None),
+    ("SC_rgb_rle_16bit.dcm", None), ("examples_overlay.dcm", None), ("CT_small.dcm", None),
+])
+def test_single_file_reader_shows_what_the_series_reader_shows(name, frame):
+    path = get_testdata_file(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DicomSeriesWarning)
+        series = read_series([path], slice_index=frame)
+    single = read_image(path, slice_index=frame)
+    assert np.array_equal(single.rgb, series.rgb) and single.window == series.window
+
+
+def test_ybr_colour_is_decoded_once():
+    # The same colour bars stored as YBR_FULL_422 and as RGB: pydicom already converts YBR, a second
+    # conversion turned them green.
+    ybr = read_image(get_testdata_file("SC_ybr_full_422_uncompressed.dcm")).rgb.astype(int)
+    rgb = read_image(get_testdata_file("SC_rgb_dcmtk_+eb+cr.dcm")).rgb.astype(int)
+    assert np.abs(ybr - rgb).mean() < 2 and rgb[5, 50].tolist() == [255, 0, 0]
+
+
+def test_palette_colour_goes_through_its_lookup_table():
+    shown = read_image(get_testdata_file("examples_palette.dcm")).rgb
+    banner = shown[:60].reshape(-1, 3).mean(axis=0)  # the scanner's blue title bar
+    assert banner[2] > banner[0] + 30  # in colour, not the palette indices shown as grey
+
+
+def test_single_file_monochrome1_windows_real_hounsfield_units(ct3, tmp_path):
+    copy_series(ct3, tmp_path, lambda ds, i: setattr(ds, "PhotometricInterpretation", "MONOCHROME1"))
+    normal, inverted = read_image(ct3 / "02.dcm"), read_image(tmp_path / "02.dcm")
+    assert normal.window == inverted.window == "abdomen"
+    assert np.array_equal(inverted.rgb, 255 - normal.rgb)
+
+
+def test_single_file_enhanced_multiframe_uses_each_frames_rescale(ct3, tmp_path):
+    import highdicom as hd
+
+    files = sorted(ct3.iterdir())
+    sources = [pydicom.dcmread(p) for p in files]
+    for dataset in sources:
+        del dataset.SpecificCharacterSet  # highdicom refuses an empty one
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = hd.legacy.LegacyConvertedEnhancedCTImage(sources, generate_uid(), 99, generate_uid(), 1)
+    converted.save_as(tmp_path / "multiframe.dcm")
+    by_position = {tuple(map(float, d.ImagePositionPatient)): f for d, f in zip(sources, files)}
+    for frame, item in enumerate(converted.PerFrameFunctionalGroupsSequence):
+        position = tuple(map(float, item.PlanePositionSequence[0].ImagePositionPatient))
+        shown = read_image(tmp_path / "multiframe.dcm", slice_index=frame)
+        assert np.array_equal(shown.rgb, read_image(by_position[position]).rgb)
+
+
+def test_single_file_errors_name_the_file_and_the_reason(ct3, tmp_path):
+    (tmp_path / "sr.dcm").write_bytes(Path(get_testdata_file("reportsi.dcm")).read_bytes())
+    with pytest.raises(ImageReadError, match=r"sr\.dcm: no pixel data"):
+        read_image(tmp_path / "sr.dcm")
+    with pytest.raises(ImageReadError, match=r"MR_truncated\.dcm: pixel data cannot be decoded"):
+        read_image(get_testdata_file("MR_truncated.dcm"))
 
 
 # ----------------------------------------------------------------------------- codes

@@ -28,7 +28,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from .. import __version__
 from .codes import SegmentCode, code_for_label
-from .series import values_withheld
+from .withheld import values_withheld
 
 if TYPE_CHECKING:
     from highdicom.seg import Segmentation, SegmentDescription

@@ -13,8 +13,7 @@ import logging
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ..imaging.orientation import IDENTITY, DisplayTransform, orientation_note, standard_display
-from ..imaging.windowing import CT_WINDOWS, default_window, to_display
+from ..imaging.windowing import CT_WINDOWS
+from .pixels import DicomPixelError, decoded_pixels, display_rgb, functional_group_item, is_colour, modality_values
+from .withheld import values_withheld
 
 __all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesWarning", "SeriesGeometry", "SeriesSummary",
            "SkippedFile", "image_orientation", "list_series", "read_series", "values_withheld"]
@@ -38,7 +39,6 @@ _NOT_SOURCE_CLASSES = {  # have pixel data (or may) but are not images to segmen
     SEG_SOP_CLASS: "a Segmentation, not a source image",
     "1.2.840.10008.5.1.4.1.1.481.2": "an RT Dose, not a source image",
 }
-_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 _TILT_TOLERANCE_DEG = 0.1
 _DEFER = "64 KB"
 
@@ -133,49 +133,6 @@ class _Slice:
     orientation: np.ndarray | None
     instance_number: int | None
 
-
-
-# ----------------------------------------------------------------------------- no patient data in logs
-
-class _WithholdValues(logging.Filter):
-    """Drops library log records that quote element values ("Invalid value for VR PN: '...'")."""
-
-    def __init__(self, values: Sequence[str]):
-        super().__init__()
-        self.values = [v for v in values if len(v) >= 3]
-        self.dropped = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "value" in message.lower() or "patient" in message.lower() or any(v in message for v in self.values):
-            self.dropped += 1
-            return False
-        return True
-
-
-@contextmanager
-def values_withheld(values: Sequence[str] = ()) -> Iterator[list[warnings.WarningMessage]]:
-    """Record warnings and drop pydicom/highdicom log records that may quote patient data.
-
-    pydicom and highdicom put offending values (a patient's name included) in
-    their warnings and log lines; callers get the recorded warnings and decide
-    what to re-emit. Filters only act on the logger that emits, so every
-    pydicom/highdicom logger gets one.
-    """
-    guard = _WithholdValues(values)
-    names = ["pydicom"] + [n for n in logging.root.manager.loggerDict if n.startswith(("pydicom.", "highdicom"))]
-    loggers = [logging.getLogger(n) for n in names]
-    for logger in loggers:
-        logger.addFilter(guard)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield caught
-    finally:
-        for logger in loggers:
-            logger.removeFilter(guard)
-        if guard.dropped:
-            log.debug("%d library log record(s) withheld: they may quote patient data", guard.dropped)
 
 
 # ----------------------------------------------------------------------------- finding files
@@ -339,21 +296,11 @@ def _floats(value, count: int) -> np.ndarray | None:
     return array if array.shape == (count,) and np.all(np.isfinite(array)) else None
 
 
-def _frame_item(dataset: Dataset, frame: int, sequence: str) -> Dataset | None:
-    """A functional-group macro for one frame: per-frame first, then shared."""
-    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
-    shared = dataset.get("SharedFunctionalGroupsSequence")
-    for item in ([per_frame[frame]] if per_frame and frame < len(per_frame) else []) + ([shared[0]] if shared else []):
-        if sequence in item and item[sequence].value:
-            return item[sequence].value[0]
-    return None
-
-
 def image_orientation(dataset: Dataset, frame: int | None = None) -> np.ndarray | None:
     """ImageOrientationPatient of a slice: a frame's functional groups in a multi-frame object, else the top level."""
     groups = "PerFrameFunctionalGroupsSequence" in dataset or "SharedFunctionalGroupsSequence" in dataset
     if frame is not None and groups:
-        item = _frame_item(dataset, frame, "PlaneOrientationSequence")
+        item = functional_group_item(dataset, frame, "PlaneOrientationSequence")
         return _floats(item.get("ImageOrientationPatient"), 6) if item else None
     return _floats(dataset.get("ImageOrientationPatient"), 6)
 
@@ -374,7 +321,7 @@ def _slices(members: list[tuple[Path, Dataset]], root: Path) -> list[_Slice]:
         path, dataset = members[0]
         out = []
         for frame in range(frames[0]):
-            plane = _frame_item(dataset, frame, "PlanePositionSequence")
+            plane = functional_group_item(dataset, frame, "PlanePositionSequence")
             out.append(_Slice(dataset, path, frame, _floats(plane.get("ImagePositionPatient"), 3) if plane else None,
                               image_orientation(dataset, frame), frame + 1))
         return out
@@ -385,7 +332,7 @@ def _slices(members: list[tuple[Path, Dataset]], root: Path) -> list[_Slice]:
 
 def _pixel_spacing(dataset: Dataset) -> tuple[float, float] | None:
     multi = "SharedFunctionalGroupsSequence" in dataset or "PerFrameFunctionalGroupsSequence" in dataset
-    measures = _frame_item(dataset, 0, "PixelMeasuresSequence") if multi else None
+    measures = functional_group_item(dataset, 0, "PixelMeasuresSequence") if multi else None
     spacing = _floats((measures or dataset).get("PixelSpacing"), 2)
     return (float(spacing[0]), float(spacing[1])) if spacing is not None else None
 
@@ -460,84 +407,24 @@ def _sort(slices: list[_Slice], root: Path, notes: list[str]) -> tuple[list[_Sli
 
 # ----------------------------------------------------------------------------- pixels
 
-def _decoder_status(transfer_syntax: UID) -> tuple[bool, list[str]]:
-    """Whether pydicom can decode this transfer syntax here, and what is missing if not."""
-    from pydicom.pixels import get_decoder
-
-    try:
-        decoder = get_decoder(transfer_syntax)
-    except NotImplementedError:
-        return False, []
-    return decoder.is_available, list(decoder.missing_dependencies)
-
-
-def _check_decodable(dataset: Dataset, name: str) -> None:
-    meta = getattr(dataset, "file_meta", None)
-    syntax = UID(str(getattr(meta, "TransferSyntaxUID", "") or "")) if meta is not None else None
-    if not syntax or not syntax.is_compressed:
-        return
-    available, missing = _decoder_status(syntax)
-    if not available:
-        needs = "; ".join(missing) if missing else "no pydicom decoder exists for it"
-        hint = " (pip install pylibjpeg pylibjpeg-openjpeg)" if "2000" in syntax.name else ""
-        raise DicomSeriesError(f"{name}: pixel data is compressed as {syntax.name} and no decoder is installed "
-                               f"here: {needs}{hint}")
-
-
-def _frame_rescale(dataset: Dataset, frame: int) -> tuple[float, float] | None:
-    item = _frame_item(dataset, frame, "PixelValueTransformationSequence")
-    if item is None or "RescaleSlope" not in item:
-        return None
-    return float(item.RescaleSlope), float(item.get("RescaleIntercept", 0.0))
-
-
-def _decoded(dataset: Dataset, name: str) -> np.ndarray:
-    _check_decodable(dataset, name)
-    try:
-        with values_withheld():
-            return dataset.pixel_array
-    except Exception as error:  # decoders and truncated files raise many types
-        raise DicomSeriesError(f"{name}: pixel data cannot be decoded ({type(error).__name__}: {error})") from None
-
-
-def _modality_values(pixels: np.ndarray, s: _Slice) -> np.ndarray:
-    """Stored values -> modality values (HU for CT): rescale or Modality LUT, per frame when multi-frame."""
-    from pydicom.pixels import apply_modality_lut
-
-    if s.frame is not None:
-        rescale = _frame_rescale(s.dataset, s.frame)
-        if rescale is not None:
-            return pixels.astype(np.float32) * np.float32(rescale[0]) + np.float32(rescale[1])
-    return np.asarray(apply_modality_lut(pixels, s.dataset), dtype=np.float32)
-
-
-def _build_volume(ordered: list[_Slice], root: Path) -> tuple[np.ndarray, bool]:
-    colour = str(ordered[0].dataset.get("PhotometricInterpretation", "MONOCHROME2")) in _COLOUR
+def _build_volume(ordered: list[_Slice], root: Path) -> np.ndarray:
+    colour = is_colour(ordered[0].dataset)
     cache: dict[int, np.ndarray] = {}
     planes = []
     for s in ordered:
         key = id(s.dataset)
         if key not in cache:
-            cache[key] = _decoded(s.dataset, _name(s.path, root))
+            try:
+                cache[key] = decoded_pixels(s.dataset, _name(s.path, root))
+            except DicomPixelError as error:
+                raise DicomSeriesError(str(error)) from None
         pixels = cache[key] if s.frame is None else cache[key][s.frame]
-        planes.append(pixels if colour else _modality_values(pixels, s))
+        planes.append(pixels if colour else modality_values(pixels, s.dataset, s.frame))
     shapes = Counter(p.shape for p in planes)
     if len(shapes) > 1:
         listed = ", ".join(f"{'x'.join(map(str, shape))} ({count})" for shape, count in shapes.most_common())
         raise DicomSeriesError(f"slices of different sizes in one series: {listed}; pass the files of one stack")
-    return np.stack(planes), colour
-
-
-def _display(plane: np.ndarray, dataset: Dataset, modality: str, window: str | None,
-             colour: bool) -> tuple[np.ndarray, str]:
-    if colour:
-        rgb = plane if plane.dtype == np.uint8 else to_display(plane.astype(np.float32), window="percentile")
-        return np.ascontiguousarray(rgb[..., :3]), "colour"
-    used = window or default_window(modality)
-    display = to_display(plane, modality=modality, window=used)
-    if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        display = 255 - display  # low values are shown bright: invert after windowing the real values
-    return np.repeat(display[..., None], 3, axis=2), used
+    return np.stack(planes)
 
 
 def _choose(count: int, slice_index: int | None) -> int:
@@ -595,10 +482,10 @@ def _read(source: str | Path | Sequence[str | Path], slice_index: int | None, se
     notes: list[str] = []
     ordered, geometry = _sort(_slices(members, root), root, notes)
     index = _choose(len(ordered), slice_index)
-    volume, colour = _build_volume(ordered, root)
+    volume = _build_volume(ordered, root)
     chosen = ordered[index]
     modality = str(chosen.dataset.get("Modality", "") or "")
-    rgb, used = _display(volume[index], chosen.dataset, modality, window, colour)
+    rgb, used = display_rgb(volume[index], chosen.dataset, modality, window)
     display = standard_display(geometry.orientation)
     datasets = tuple({id(s.dataset): s.dataset for s in ordered}.values())  # one per object, sorted order
     return DicomSeries(display.to_display(rgb), index, chosen.dataset, chosen.frame, datasets,

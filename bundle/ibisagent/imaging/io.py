@@ -61,39 +61,33 @@ def _read_raster(path: Path) -> LoadedImage:
 
 
 def _read_dicom(path: Path, slice_index: int | None, window: str | None) -> LoadedImage:
+    """One DICOM file; its pixels go through the series reader's steps (`dicom.pixels`)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
+
+    from ..dicom.pixels import DicomPixelError, decoded_pixels, display_rgb, is_colour, modality_values
+    from ..dicom.withheld import values_withheld
 
     try:
-        dataset = pydicom.dcmread(path)
-        pixels = dataset.pixel_array
+        with values_withheld():  # pydicom's warnings may quote header values
+            dataset = pydicom.dcmread(path)
     except InvalidDicomError:
         raise ImageReadError(f"{path.name}: not a DICOM file") from None
-    except (AttributeError, KeyError, ValueError, RuntimeError, OSError, NotImplementedError) as error:
-        raise ImageReadError(f"{path.name}: DICOM without readable pixel data ({error})") from None
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    except Exception as error:  # pydicom raises many types for broken bytes
+        raise ImageReadError(f"{path.name}: damaged DICOM file ({type(error).__name__})") from None
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    colour = photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") or (pixels.ndim == 3 and pixels.shape[-1] == 3 and frames == 1)
-    if frames > 1:
-        index = _choose_slice(frames, slice_index, path)
-        pixels = pixels[index]
-    else:
-        index = _choose_slice(1, slice_index, path)
+    index = _choose_slice(frames, slice_index, path)
+    try:
+        pixels = decoded_pixels(dataset, path.name)
+    except DicomPixelError as error:
+        raise ImageReadError(str(error)) from None
+    frame = index if frames > 1 else None
+    plane = pixels[index] if frame is not None else pixels
+    if not is_colour(dataset):
+        plane = modality_values(plane, dataset, frame)
     modality = str(dataset.get("Modality", "")) or None
-    if colour:
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-
-            pixels = convert_color_space(pixels, photometric, "RGB")
-        display, used = (to_display(pixels) if pixels.dtype != np.uint8 else pixels), "colour"
-    else:
-        values = apply_modality_lut(pixels, dataset).astype(np.float32)
-        if photometric == "MONOCHROME1":
-            values = values.max() + values.min() - values
-        used = window or default_window(modality)
-        display = to_display(values, window=used)
-    return _shown_as_standard(_as_rgb(display, path), dataset, index if frames > 1 else None, modality, index, used)
+    rgb, used = display_rgb(plane, dataset, modality, window)
+    return _shown_as_standard(_as_rgb(rgb, path), dataset, frame, modality, index, used)
 
 
 def _shown_as_standard(rgb: np.ndarray, dataset, frame: int | None, modality: str | None, index: int,

@@ -1,0 +1,131 @@
+"""DICOM pixel data to what the agent sees: decode, modality values, window, photometric interpretation.
+
+The series reader (`read_series`) and the single-file reader (`ibis segment
+FILE.dcm`) share these steps, so one slice looks the same whichever way it
+is read: colour is decoded to RGB once (pydicom converts YBR), palette
+colour goes through its lookup table, grey values become modality values
+(per frame in enhanced multi-frame objects) before a window is applied, and
+MONOCHROME1 is inverted after windowing the real values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from ..imaging.windowing import default_window, to_display
+from .withheld import values_withheld
+
+__all__ = ["COLOUR_INTERPRETATIONS", "DicomPixelError", "decoded_pixels", "display_rgb", "functional_group_item",
+           "is_colour", "modality_values"]
+
+# Photometric interpretations pydicom decodes to RGB (YBR converted), and the one with a colour lookup table.
+COLOUR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+_PALETTE = "PALETTE COLOR"
+
+
+class DicomPixelError(ValueError):
+    """Pixel data that cannot be decoded here; the message names the file and what is missing."""
+
+
+def functional_group_item(dataset: Dataset, frame: int, sequence: str) -> Dataset | None:
+    """A functional-group macro for one frame of a multi-frame object: per-frame first, then shared."""
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
+    shared = dataset.get("SharedFunctionalGroupsSequence")
+    for item in ([per_frame[frame]] if per_frame and frame < len(per_frame) else []) + ([shared[0]] if shared else []):
+        if sequence in item and item[sequence].value:
+            return item[sequence].value[0]
+    return None
+
+
+def is_colour(dataset: Dataset) -> bool:
+    """Whether the decoded pixels are RGB (true colour, YBR or palette colour) rather than grey values."""
+    photometric = str(dataset.get("PhotometricInterpretation", "") or "")
+    samples = dataset.get("SamplesPerPixel", 1)
+    return photometric in COLOUR_INTERPRETATIONS or photometric == _PALETTE or samples == 3
+
+
+def _decoder_status(transfer_syntax: UID) -> tuple[bool, list[str]]:
+    """Whether pydicom can decode this transfer syntax here, and what is missing if not."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(transfer_syntax)
+    except NotImplementedError:
+        return False, []
+    return decoder.is_available, list(decoder.missing_dependencies)
+
+
+def _check_decodable(dataset: Dataset, name: str) -> None:
+    meta = getattr(dataset, "file_meta", None)
+    syntax = UID(str(getattr(meta, "TransferSyntaxUID", "") or "")) if meta is not None else None
+    if not syntax or not syntax.is_compressed:
+        return
+    available, missing = _decoder_status(syntax)
+    if not available:
+        needs = "; ".join(missing) if missing else "no pydicom decoder exists for it"
+        hint = " (pip install pylibjpeg pylibjpeg-openjpeg)" if "2000" in syntax.name else ""
+        raise DicomPixelError(f"{name}: pixel data is compressed as {syntax.name} and no decoder is installed "
+                              f"here: {needs}{hint}")
+
+
+def _palette_rgb(indices: np.ndarray, dataset: Dataset, name: str) -> np.ndarray:
+    """Palette colour indices through the object's lookup table, scaled from the table's bit depth to uint8."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        rgb = apply_color_lut(indices, dataset)
+        bits = int(dataset.RedPaletteColorLookupTableDescriptor[2])
+    except (AttributeError, KeyError, ValueError, IndexError) as error:
+        raise DicomPixelError(f"{name}: PALETTE COLOR without a usable colour lookup table ({error})") from None
+    return np.round(rgb.astype(np.float64) * (255.0 / (2 ** bits - 1))).clip(0, 255).astype(np.uint8)
+
+
+def decoded_pixels(dataset: Dataset, name: str) -> np.ndarray:
+    """All frames as stored: (rows, cols[, 3]) or (frames, rows, cols[, 3]); colour as RGB.
+
+    `name` is what messages call the file (never patient data).
+    """
+    if "PixelData" not in dataset:
+        raise DicomPixelError(f"{name}: no pixel data")
+    _check_decodable(dataset, name)
+    try:
+        with values_withheld():
+            pixels = dataset.pixel_array
+    except Exception as error:  # decoders and truncated files raise many types
+        raise DicomPixelError(f"{name}: pixel data cannot be decoded ({type(error).__name__}: {error})") from None
+    if str(dataset.get("PhotometricInterpretation", "")) == _PALETTE:
+        return _palette_rgb(pixels, dataset, name)
+    return pixels
+
+
+def modality_values(pixels: np.ndarray, dataset: Dataset, frame: int | None = None) -> np.ndarray:
+    """Stored grey values of one frame -> modality values (HU for CT): its own rescale in enhanced multi-frame
+    objects, else the object's rescale or Modality LUT."""
+    from pydicom.pixels import apply_modality_lut
+
+    if frame is not None:
+        item = functional_group_item(dataset, frame, "PixelValueTransformationSequence")
+        if item is not None and "RescaleSlope" in item:
+            slope, intercept = float(item.RescaleSlope), float(item.get("RescaleIntercept", 0.0))
+            return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
+
+
+def display_rgb(plane: np.ndarray, dataset: Dataset, modality: str | None,
+                window: str | None) -> tuple[np.ndarray, str]:
+    """One frame (modality values, or RGB for colour) as display RGB uint8, and the window used.
+
+    Grey frames get `window` (a CT preset or "percentile"; by default the
+    modality's, `default_window`); MONOCHROME1 is inverted after windowing,
+    so a CT preset still selects real Hounsfield units.
+    """
+    if is_colour(dataset):
+        rgb = plane if plane.dtype == np.uint8 else to_display(plane.astype(np.float32), window="percentile")
+        return np.ascontiguousarray(rgb[..., :3]), "colour"
+    used = window or default_window(modality)
+    display = to_display(plane, modality=modality, window=used)
+    if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        display = 255 - display  # low values are shown bright
+    return np.repeat(display[..., None], 3, axis=2), used
