@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -644,11 +645,33 @@ def test_single_file_enhanced_multiframe_uses_each_frames_rescale(ct3, tmp_path)
 
 
 def test_single_file_errors_name_the_file_and_the_reason(ct3, tmp_path):
-    (tmp_path / "sr.dcm").write_bytes(Path(get_testdata_file("reportsi.dcm")).read_bytes())
-    with pytest.raises(ImageReadError, match=r"sr\.dcm: no pixel data"):
-        read_image(tmp_path / "sr.dcm")
-    with pytest.raises(ImageReadError, match=r"MR_truncated\.dcm: pixel data cannot be decoded"):
-        read_image(get_testdata_file("MR_truncated.dcm"))
+    for name, reason in [("reportsi.dcm", "a structured report, not an image"),
+                         ("liver_1frame.dcm", "a Segmentation, not a source image"),
+                         ("rtdose.dcm", "an RT Dose, not a source image"),
+                         ("MR_truncated.dcm", r"pixel data cannot be decoded \(ValueError: .*less than expected")]:
+        with pytest.raises(ImageReadError, match=rf"^{re.escape(name)}: {reason}"):
+            read_image(get_testdata_file(name))
+
+
+def test_unreadable_frame_count_is_refused_by_both_readers(ct3, tmp_path):
+    from pydicom.dataelem import DataElement
+
+    dataset = pydicom.dcmread(ct3 / "02.dcm")
+    dataset[0x00280008] = DataElement(0x00280008, "LO", "1A")  # NumberOfFrames, not a number
+    dataset.save_as(tmp_path / "02.dcm")
+    message = r"02\.dcm: NumberOfFrames '1A' is not a positive whole number"
+    with pytest.raises(ImageReadError, match=message):
+        read_image(tmp_path / "02.dcm")
+    with pytest.raises(DicomSeriesError, match=message):
+        read_series(tmp_path)
+
+
+def test_jpeg_lossless_decodes_with_the_runtime_install():
+    # JPEG Lossless (Process 14) is what many archives send; its decoder is a runtime dependency.
+    lossless, rle = get_testdata_file("SC_rgb_jpeg_gdcm.dcm"), get_testdata_file("SC_rgb_rle.dcm")
+    assert pydicom.dcmread(lossless).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    assert np.array_equal(read_image(lossless).rgb, read_image(rle).rgb)
+    assert np.array_equal(read_series([lossless]).rgb, read_image(rle).rgb)
 
 
 # ----------------------------------------------------------------------------- codes

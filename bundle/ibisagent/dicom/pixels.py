@@ -17,8 +17,8 @@ from pydicom.uid import UID
 from ..imaging.windowing import default_window, to_display
 from .withheld import values_withheld
 
-__all__ = ["COLOUR_INTERPRETATIONS", "DicomPixelError", "decoded_pixels", "display_rgb", "functional_group_item",
-           "is_colour", "modality_values"]
+__all__ = ["COLOUR_INTERPRETATIONS", "DicomPixelError", "decoded_pixels", "display_rgb", "frame_count",
+           "functional_group_item", "is_colour", "modality_values"]
 
 # Photometric interpretations pydicom decodes to RGB (YBR converted), and the one with a colour lookup table.
 COLOUR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
@@ -27,6 +27,18 @@ _PALETTE = "PALETTE COLOR"
 
 class DicomPixelError(ValueError):
     """Pixel data that cannot be decoded here; the message names the file and what is missing."""
+
+
+def frame_count(dataset: Dataset, name: str) -> int:
+    """NumberOfFrames (1 when absent or empty); a value that is not a positive whole number is refused."""
+    value = dataset.get("NumberOfFrames", 1) or 1
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise DicomPixelError(f"{name}: NumberOfFrames {str(value)!r} is not a positive whole number")
+    return count
 
 
 def functional_group_item(dataset: Dataset, frame: int, sequence: str) -> Dataset | None:

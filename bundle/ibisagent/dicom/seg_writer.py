@@ -28,6 +28,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from .. import __version__
 from .codes import SegmentCode, code_for_label
+from .pixels import DicomPixelError, frame_count
 from .withheld import values_withheld
 
 if TYPE_CHECKING:
@@ -231,7 +232,10 @@ def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray 
     if not all(names):
         raise SegWriteError("every segment needs a non-empty label")
     codes_used = [code_for_label(name) for name in names]
-    frames = int(source.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = frame_count(source, "the source")
+    except DicomPixelError as error:
+        raise SegWriteError(str(error)) from None
     if frames > 1:
         if not str(source.get("FrameOfReferenceUID", "") or "").strip():
             raise SegWriteError(f"the source is a {frames}-frame object without a Frame of Reference (cine or "

@@ -24,11 +24,12 @@ from pydicom.uid import UID
 
 from ..imaging.orientation import IDENTITY, DisplayTransform, orientation_note, standard_display
 from ..imaging.windowing import CT_WINDOWS
-from .pixels import DicomPixelError, decoded_pixels, display_rgb, functional_group_item, is_colour, modality_values
+from .pixels import (DicomPixelError, decoded_pixels, display_rgb, frame_count, functional_group_item, is_colour,
+                     modality_values)
 from .withheld import values_withheld
 
 __all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesWarning", "SeriesGeometry", "SeriesSummary",
-           "SkippedFile", "image_orientation", "list_series", "read_series", "values_withheld"]
+           "SkippedFile", "image_orientation", "list_series", "non_image_reason", "read_series", "values_withheld"]
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def _read_header(path: Path, root: Path) -> Dataset | SkippedFile:
     return dataset
 
 
-def _skip_reason(dataset: Dataset) -> str | None:
+def non_image_reason(dataset: Dataset) -> str | None:
     """Why an object is not a source image, or None when it is one."""
     sop_class = str(dataset.get("SOPClassUID", ""))
     meta_class = str(getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
@@ -233,7 +234,7 @@ def _scan(source: str | Path | Sequence[str | Path]) -> tuple[_Groups, list[Skip
         if "PixelData" not in header and sop_class.name.endswith("Image Storage"):
             raise DicomSeriesError(f"{_name(path, root)}: a {sop_class.name} object without pixel data (Type 1): "
                                    "the file is truncated or damaged; remove it from the folder or restore it")
-        reason = _skip_reason(header)
+        reason = non_image_reason(header)
         if reason:
             skipped.append(SkippedFile(path, reason))
             continue
@@ -313,7 +314,10 @@ def _instance_number(dataset: Dataset) -> int | None:
 
 
 def _slices(members: list[tuple[Path, Dataset]], root: Path) -> list[_Slice]:
-    frames = [int(dataset.get("NumberOfFrames", 1) or 1) for _, dataset in members]
+    try:
+        frames = [frame_count(dataset, _name(path, root)) for path, dataset in members]
+    except DicomPixelError as error:
+        raise DicomSeriesError(str(error)) from None
     if max(frames) > 1:
         if len(members) > 1:
             raise DicomSeriesError(f"the series mixes {len(members)} objects, some multi-frame; pass the "

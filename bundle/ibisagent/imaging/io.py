@@ -62,22 +62,31 @@ def _read_raster(path: Path) -> LoadedImage:
 
 def _read_dicom(path: Path, slice_index: int | None, window: str | None) -> LoadedImage:
     """One DICOM file; its pixels go through the series reader's steps (`dicom.pixels`)."""
+    from ..dicom.withheld import values_withheld
+
+    with values_withheld():  # pydicom warns while reading and converting values, quoting them
+        return _dicom_slice(path, slice_index, window)
+
+
+def _dicom_slice(path: Path, slice_index: int | None, window: str | None) -> LoadedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from ..dicom.pixels import DicomPixelError, decoded_pixels, display_rgb, is_colour, modality_values
-    from ..dicom.withheld import values_withheld
+    from ..dicom.pixels import DicomPixelError, decoded_pixels, display_rgb, frame_count, is_colour, modality_values
+    from ..dicom.series import non_image_reason
 
     try:
-        with values_withheld():  # pydicom's warnings may quote header values
-            dataset = pydicom.dcmread(path)
+        dataset = pydicom.dcmread(path)
     except InvalidDicomError:
         raise ImageReadError(f"{path.name}: not a DICOM file") from None
     except Exception as error:  # pydicom raises many types for broken bytes
         raise ImageReadError(f"{path.name}: damaged DICOM file ({type(error).__name__})") from None
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    index = _choose_slice(frames, slice_index, path)
+    refused = non_image_reason(dataset)  # a SEG, an RT Dose, a report: nothing to segment
+    if refused:
+        raise ImageReadError(f"{path.name}: {refused}")
     try:
+        frames = frame_count(dataset, path.name)
+        index = _choose_slice(frames, slice_index, path)
         pixels = decoded_pixels(dataset, path.name)
     except DicomPixelError as error:
         raise ImageReadError(str(error)) from None
