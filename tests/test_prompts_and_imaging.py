@@ -68,6 +68,13 @@ def test_transform_geometry_maps_back():
     assert frame.points_to_input(np.array([[0.5 / 484, 0.5 / 300]]))[0] == pytest.approx([0.5 * frame.scale - 0.5] * 2)
 
 
+def test_transform_refuses_an_image_too_elongated_for_the_encoder():
+    transform = ImageTransform(256, "minmax")
+    assert transform(np.zeros((4000, 16, 3), np.uint8))[1].resized == (256, 1)  # thin, still a column of pixels
+    with pytest.raises(ValueError, match=r"a 3x20000 image is too elongated .* short side would be 0\.04 px of 256"):
+        transform(np.zeros((20000, 3, 3), np.uint8))
+
+
 def test_windowing():
     assert apply_window(np.array([-160.0, 40.0, 240.0]), 40, 400).tolist() == [0, 128, 255]
     assert to_display(np.array([[-1000.0, 3000.0]]), modality="CT").tolist() == [[0, 255]]
@@ -89,6 +96,11 @@ def test_read_png_dicom_and_errors(tmp_path, demo_image):
     text.write_text("hello")
     with pytest.raises(ImageReadError, match="not a DICOM file"):
         read_image(text)
+    renamed = tmp_path / "IM0001"  # no name ending: taken as DICOM (PACS exports), and the error says what else is read
+    renamed.write_bytes(corrupt.read_bytes())
+    with pytest.raises(ImageReadError, match=r"IM0001: not a DICOM file \(other images are recognised by their name: "
+                                             r"\.bmp, .*\.nii\.gz\)"):
+        read_image(renamed)
     with pytest.raises(ImageReadError, match="no such file"):
         read_image(tmp_path / "absent.png")
 

@@ -78,7 +78,9 @@ def _dicom_slice(path: Path, slice_index: int | None, window: str | None) -> Loa
     try:
         dataset = pydicom.dcmread(path)
     except InvalidDicomError:
-        raise ImageReadError(f"{path.name}: not a DICOM file") from None
+        known = ", ".join([*sorted(_RASTER_SUFFIXES), ".nii", ".nii.gz"])
+        raise ImageReadError(f"{path.name}: not a DICOM file (other images are recognised by their name: {known})") \
+            from None
     except Exception as error:  # pydicom raises many types for broken bytes
         raise ImageReadError(f"{path.name}: damaged DICOM file ({type(error).__name__})") from None
     refused = non_image_reason(dataset)  # a SEG, an RT Dose, a report: nothing to segment

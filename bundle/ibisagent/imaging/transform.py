@@ -83,6 +83,9 @@ class ImageTransform:
             raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
         frame = Frame(image.shape[0], image.shape[1], self.input_size)
         rows, cols = frame.resized
+        if min(rows, cols) < 1:
+            raise ValueError(f"a {image.shape[1]}x{image.shape[0]} image is too elongated for the encoder: its short "
+                             f"side would be {min(image.shape[:2]) * frame.scale:.2f} px of {self.input_size}")
         resized = cv2.resize(image, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.float32)
         if self.normalisation == "minmax":
             low, high = float(resized.min()), float(resized.max())
