@@ -796,3 +796,38 @@ def test_a_prone_series_is_shown_in_the_standard_display_and_its_seg_maps_back(c
 
     copy_series(ct3, tmp_path / "coronal", coronal)
     assert read_series(tmp_path / "coronal", slice_index=0).display.is_identity  # already the standard coronal view
+
+
+def _chest_radiograph(folder: Path, pixels: np.ndarray, patient_orientation: tuple[str, str], study: str) -> Path:
+    """The real chest X-ray wrapped as a Secondary Capture that says how it is stored (PatientOrientation only)."""
+    import highdicom as hd
+
+    folder.mkdir(parents=True)
+    image = hd.sc.SCImage(np.ascontiguousarray(pixels), "MONOCHROME2", 8, "PATIENT", study, generate_uid(), 1,
+                          generate_uid(), 1, "ibisagent tests", patient_orientation=patient_orientation)
+    image.save_as(folder / "xray.dcm")
+    return folder / "xray.dcm"
+
+
+def test_a_mirrored_or_turned_radiograph_is_shown_in_the_standard_display_and_its_seg_maps_back(tmp_path, dciodvfy):
+    from ibisagent.imaging.io import read_mask
+    from PIL import Image
+
+    lungs_png = _need(SHARED / "med2d" / "images" / "lung-segmentation-2d-demo" / "1.png")
+    xray = np.asarray(Image.open(lungs_png).convert("L"))
+    lungs = read_mask(SHARED / "med2d" / "masks" / "lung-segmentation-2d-demo" / "1__lungs.png", xray.shape)
+    study = generate_uid()
+    standard = read_series(_chest_radiograph(tmp_path / "standard", xray, ("L", "F"), study))
+    assert standard.display.is_identity and standard.display_note is None
+    for name, stored, orientation in [("mirrored", xray[:, ::-1], ("R", "F")), ("turned", xray.T, ("F", "L")),
+                                      ("upside down", xray[::-1], ("L", "H"))]:
+        path = _chest_radiograph(tmp_path / name, stored, orientation, study)
+        series, single = read_series(path), read_image(path)
+        assert np.array_equal(series.rgb, standard.rgb) and np.array_equal(single.rgb, standard.rgb), name
+        assert "PatientOrientation " + "\\".join(orientation) in series.display_note
+        assert single.display_note == series.display_note
+    # the lungs drawn on what the agent saw, written for the mirrored file: the SEG holds them mirrored
+    series = read_series(tmp_path / "mirrored")
+    written = write_segmentation(tmp_path / "seg.dcm", series.source, series.display.to_stored(lungs), "lungs")
+    assert dciodvfy_errors(dciodvfy, written.path) == []
+    assert np.array_equal(segment_mask(written.path, series.sop_instance_uid), lungs[:, ::-1])

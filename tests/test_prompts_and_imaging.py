@@ -3,7 +3,13 @@ import pytest
 from PIL import Image
 
 from ibisagent.imaging.io import ImageReadError, read_image
-from ibisagent.imaging.orientation import IDENTITY, DisplayTransform, orientation_note, standard_display
+from ibisagent.imaging.orientation import (
+    IDENTITY,
+    DisplayTransform,
+    orientation_note,
+    patient_orientation_cosines,
+    standard_display,
+)
 from ibisagent.imaging.overlay import MASK_COLOR, overlay_mask
 from ibisagent.imaging.transform import ImageTransform
 from ibisagent.imaging.windowing import apply_window, to_display
@@ -162,3 +168,18 @@ def test_standard_orientations_stay_as_stored_and_a_prone_slice_is_named():
                            "toward the patient's anterior (ImageOrientationPatient -1, 0, 0, 0, -1, 0)")
     assert "flipped top-to-bottom, then flipped left-to-right" in note
     assert orientation_note([1, 0, 0, 0, 1, 0], IDENTITY) is None
+
+
+def test_patient_orientation_letters_name_the_same_directions_as_cosines():
+    assert patient_orientation_cosines(["L", "F"]) == (1, 0, 0, 0, 0, -1)  # a standard frontal radiograph
+    assert standard_display(patient_orientation_cosines(["L", "F"])).is_identity
+    assert standard_display(patient_orientation_cosines(["P", "FL"])).is_identity  # first letter is principal
+    assert standard_display(patient_orientation_cosines(["R", "F"])) == DisplayTransform(flip_columns=True)
+    assert standard_display(patient_orientation_cosines(["A", "H"])) == DisplayTransform(flip_rows=True,
+                                                                                        flip_columns=True)
+    assert standard_display(patient_orientation_cosines(["F", "L"])) == DisplayTransform(transpose=True)
+    for unusable in (None, "L", ["L"], ["L", "R"], ["X", "F"], ["", "F"], ["L", "F", "A"]):
+        assert patient_orientation_cosines(unusable) is None
+    note = orientation_note(patient_orientation_cosines(["A", "F"]), DisplayTransform(flip_columns=True), ["A", "F"])
+    assert note.startswith("lateral image stored with the image's right toward the patient's anterior")
+    assert "(PatientOrientation A\\F)" in note

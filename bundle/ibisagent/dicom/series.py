@@ -22,14 +22,15 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from ..imaging.orientation import IDENTITY, DisplayTransform, orientation_note, standard_display
+from ..imaging.orientation import (IDENTITY, DisplayTransform, orientation_note, patient_orientation_cosines,
+                                   standard_display)
 from ..imaging.windowing import CT_WINDOWS
 from .pixels import (DicomPixelError, decoded_pixels, display_rgb, frame_count, functional_group_item, is_colour,
                      modality_values)
 from .withheld import values_withheld
 
 __all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesWarning", "SeriesGeometry", "SeriesSummary",
-           "SkippedFile", "image_orientation", "list_series", "non_image_reason", "read_series", "values_withheld"]
+           "SkippedFile", "display_orientation", "image_orientation", "list_series", "non_image_reason", "read_series", "values_withheld"]
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class DicomSeries:
     @property
     def display_note(self) -> str | None:
         """Why and how `rgb` differs from the stored pixel order, or None when it does not."""
-        return orientation_note(self.geometry.orientation, self.display)
+        orientation, patient_orientation = display_orientation(self.source, self.frame_index)
+        return orientation_note(orientation, self.display, patient_orientation)
 
     @property
     def slice_count(self) -> int:
@@ -295,6 +297,19 @@ def _floats(value, count: int) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return array if array.shape == (count,) and np.all(np.isfinite(array)) else None
+
+
+def display_orientation(dataset: Dataset, frame: int | None = None) -> tuple[tuple[float, ...] | None,
+                                                                              tuple[str, ...] | None]:
+    """What the standard display is derived from: ImageOrientationPatient, else (projection radiographs)
+    the directions PatientOrientation names, with its values for the note."""
+    cosines = image_orientation(dataset, frame)
+    if cosines is not None:
+        return tuple(cosines.tolist()), None
+    values = dataset.get("PatientOrientation")
+    letters = tuple(str(v) for v in values) if values is not None and not isinstance(values, str) else None
+    derived = patient_orientation_cosines(letters)
+    return (derived, letters) if derived is not None else (None, None)
 
 
 def image_orientation(dataset: Dataset, frame: int | None = None) -> np.ndarray | None:
@@ -490,7 +505,7 @@ def _read(source: str | Path | Sequence[str | Path], slice_index: int | None, se
     chosen = ordered[index]
     modality = str(chosen.dataset.get("Modality", "") or "")
     rgb, used = display_rgb(volume[index], chosen.dataset, modality, window)
-    display = standard_display(geometry.orientation)
+    display = standard_display(display_orientation(chosen.dataset, chosen.frame)[0])
     datasets = tuple({id(s.dataset): s.dataset for s in ordered}.values())  # one per object, sorted order
     return DicomSeries(display.to_display(rgb), index, chosen.dataset, chosen.frame, datasets,
                        tuple(s.path for s in ordered), volume, geometry, modality, used, str(series_uid), tuple(notes),

@@ -103,13 +103,13 @@ def _dicom_slice(path: Path, slice_index: int | None, window: str | None) -> Loa
 
 def _shown_as_standard(rgb: np.ndarray, dataset, frame: int | None, modality: str | None, index: int,
                        window: str) -> LoadedImage:
-    """The slice in the standard display its ImageOrientationPatient calls for (see `orientation`)."""
-    from ..dicom.series import image_orientation
+    """The slice in the standard display its ImageOrientationPatient (or PatientOrientation) calls for."""
+    from ..dicom.series import display_orientation
 
-    orientation = image_orientation(dataset, frame)
+    orientation, patient_orientation = display_orientation(dataset, frame)
     transform = standard_display(orientation)
     return LoadedImage(transform.to_display(rgb), "dicom", modality, index, window, transform,
-                       orientation_note(orientation, transform))
+                       orientation_note(orientation, transform, patient_orientation))
 
 
 def read_nifti_volume(path: str | Path) -> np.ndarray:

@@ -1,5 +1,8 @@
 """Bring a DICOM slice into the standard display before the agent sees it, and its mask back.
 
+Cross-sections say where they lie with ImageOrientationPatient, projection
+radiographs with PatientOrientation letters; both lead to the same standard.
+
 Policies learn where anatomy lies on the screen: the embedded one was trained
 on axial CT in the radiological display (the patient's right on the image's
 left, anterior at the top). A slice stored otherwise (a prone scan, a mirrored
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DisplayTransform", "IDENTITY", "orientation_note", "standard_display"]
+__all__ = ["DisplayTransform", "IDENTITY", "orientation_note", "patient_orientation_cosines", "standard_display"]
 
 # The standard display per plane (index of the LPS axis the slice normal is closest to):
 # (axis, sign) the image's right points toward, then the image's bottom.
@@ -25,6 +28,10 @@ _STANDARD = {
     1: ("coronal", (0, 1), (2, -1)),  # patient's left, inferior
     0: ("sagittal", (1, 1), (2, -1)),  # posterior, inferior
 }
+# PatientOrientation's principal letters as LPS unit vectors.
+_LETTER_DIRECTIONS = {"L": (1.0, 0.0, 0.0), "R": (-1.0, 0.0, 0.0), "P": (0.0, 1.0, 0.0), "A": (0.0, -1.0, 0.0),
+                      "H": (0.0, 0.0, 1.0), "F": (0.0, 0.0, -1.0)}
+_PROJECTION_VIEW = {"axial": "axial", "coronal": "frontal", "sagittal": "lateral"}
 _TOWARD = {(0, 1): "left", (0, -1): "right", (1, 1): "posterior", (1, -1): "anterior", (2, 1): "superior",
            (2, -1): "inferior"}
 
@@ -100,14 +107,42 @@ def standard_display(orientation: Sequence[float] | None) -> DisplayTransform:
     return DisplayTransform(transpose, flip_rows=bottom[1] != want_bottom[1], flip_columns=right[1] != want_right[1])
 
 
-def orientation_note(orientation: Sequence[float] | None, transform: DisplayTransform) -> str | None:
-    """One line for the user and the provenance record when the agent saw the slice reoriented."""
+def patient_orientation_cosines(values: Sequence[str] | None) -> tuple[float, ...] | None:
+    """The row and column directions PatientOrientation names, as ImageOrientationPatient-style cosines.
+
+    Projection radiographs (CR, DX, MG) carry PatientOrientation (e.g. L\\F:
+    the image's right toward the patient's left, its bottom toward the feet)
+    instead of ImageOrientationPatient. Each value's first letter is its
+    principal direction; anything else (one value, unknown letters, two
+    values along one axis) gives None: nothing to trust.
+    """
+    if values is None or isinstance(values, str) or len(values) != 2:
+        return None
+    letters = [str(value).strip()[:1].upper() for value in values]
+    if not all(letter in _LETTER_DIRECTIONS for letter in letters):
+        return None
+    row, column = (_LETTER_DIRECTIONS[letter] for letter in letters)
+    if np.count_nonzero(np.cross(row, column)) == 0:
+        return None
+    return (*row, *column)
+
+
+def orientation_note(orientation: Sequence[float] | None, transform: DisplayTransform,
+                     patient_orientation: Sequence[str] | None = None) -> str | None:
+    """One line for the user and the provenance record when the agent saw the slice reoriented.
+
+    `patient_orientation`: the PatientOrientation values `orientation` was derived from (projection images).
+    """
     if transform.is_identity or orientation is None:
         return None
     cosines = np.asarray(orientation, float)
     plane = _STANDARD[_closest_axis(np.cross(cosines[:3], cosines[3:]))[0]][0]
     right, bottom = _TOWARD[_closest_axis(cosines[:3])], _TOWARD[_closest_axis(cosines[3:])]
-    listed = ", ".join(f"{v:g}" for v in np.round(cosines, 3) + 0.0)  # + 0.0: no "-0"
-    return (f"{plane} slice stored with the image's right toward the patient's {right} and its bottom toward the "
-            f"patient's {bottom} (ImageOrientationPatient {listed}): the agent saw it in the standard display "
+    if patient_orientation is not None:
+        what, source = f"{_PROJECTION_VIEW[plane]} image", "PatientOrientation " + "\\".join(patient_orientation)
+    else:
+        listed = ", ".join(f"{v:g}" for v in np.round(cosines, 3) + 0.0)  # + 0.0: no "-0"
+        what, source = f"{plane} slice", f"ImageOrientationPatient {listed}"
+    return (f"{what} stored with the image's right toward the patient's {right} and its bottom toward the "
+            f"patient's {bottom} ({source}): the agent saw it in the standard display "
             f"({transform.describe()}); masks are mapped back to the stored pixels")
