@@ -102,6 +102,10 @@ def test_read_png_dicom_and_errors(tmp_path, demo_image):
     text.write_text("hello")
     with pytest.raises(ImageReadError, match="not a DICOM file"):
         read_image(text)
+    with pytest.raises(ImageReadError, match=r"slice 3 out of range 0\.\.0"):
+        read_image(grey, slice_index=3)
+    with pytest.raises(ImageReadError, match=r"a display window applies to DICOM and NIfTI values"):
+        read_image(grey, window="abdomen")
     renamed = tmp_path / "IM0001"  # no name ending: taken as DICOM (PACS exports), and the error says what else is read
     renamed.write_bytes(corrupt.read_bytes())
     with pytest.raises(ImageReadError, match=r"IM0001: not a DICOM file \(other images are recognised by their name: "

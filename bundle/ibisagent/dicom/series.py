@@ -30,7 +30,8 @@ from .pixels import (DicomPixelError, decoded_pixels, display_rgb, frame_count, 
 from .withheld import values_withheld
 
 __all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesWarning", "SeriesGeometry", "SeriesSummary",
-           "SkippedFile", "display_orientation", "image_orientation", "list_series", "non_image_reason", "read_series", "values_withheld"]
+           "SkippedFile", "display_orientation", "image_orientation", "list_series", "non_image_reason", "read_series",
+           "values_withheld"]
 
 log = logging.getLogger(__name__)
 

@@ -162,6 +162,10 @@ def read_image(path: str | Path, slice_index: int | None = None, window: str | N
     if name.endswith((".nii", ".nii.gz")):
         return _read_nifti(path, slice_index, window)
     if path.suffix.lower() in _RASTER_SUFFIXES:
+        _choose_slice(1, slice_index, path)  # one slice: only 0 (or none) is a valid choice
+        if window is not None:
+            raise ImageReadError(f"{path.name}: a display window applies to DICOM and NIfTI values; the pixels of "
+                                 f"a {path.suffix.lower()} image are already display values")
         return _read_raster(path)
     return _read_dicom(path, slice_index, window)
 
