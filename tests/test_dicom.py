@@ -674,6 +674,54 @@ def test_jpeg_lossless_decodes_with_the_runtime_install():
     assert np.array_equal(read_series([lossless]).rgb, read_image(rle).rgb)
 
 
+@pytest.mark.parametrize("how", ["slices", "enhanced multi-frame"])
+def test_the_file_window_is_the_series_own(ct3, tmp_path, how):
+    # dcmqi's CT carries WindowCenter 40 / WindowWidth 400, the abdomen preset: the same picture within one grey
+    # level (DICOM's linear window has half-pixel offsets); the enhanced copy keeps it in its functional groups.
+    path = ct3
+    if how == "enhanced multi-frame":
+        import highdicom as hd
+
+        sources = [pydicom.dcmread(p) for p in sorted(ct3.iterdir())]
+        for dataset in sources:
+            del dataset.SpecificCharacterSet
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = hd.legacy.LegacyConvertedEnhancedCTImage(sources, generate_uid(), 99, generate_uid(), 1)
+        assert "WindowCenter" not in converted
+        converted.save_as(tmp_path / "multiframe.dcm")
+        path = tmp_path / "multiframe.dcm"
+    own, preset = read_series(path, slice_index=1, window="file"), read_series(path, slice_index=1, window="abdomen")
+    assert own.window == "file" and np.abs(own.rgb.astype(int) - preset.rgb).max() <= 1
+    single = read_image(path / "02.dcm" if path.is_dir() else path, slice_index=None if path.is_dir() else 1,
+                        window="file")
+    assert np.array_equal(single.rgb, own.rgb)
+
+
+def test_the_file_window_follows_a_voi_lut_and_is_refused_where_there_is_none(ct3, tmp_path):
+    from pydicom.dataset import Dataset
+
+    source = pydicom.dcmread(ct3 / "02.dcm")
+    hu = read_series(ct3, slice_index=1).volume[1]
+    lut = Dataset()  # a curve over -200..300 HU (the VOI LUT reads modality values), 12-bit output
+    lut.LUTDescriptor = [501, -200, 12]
+    lut["LUTDescriptor"].VR = "SS"
+    lut.LUTData = np.round(4095 * np.linspace(0, 1, 501) ** 0.5).astype(np.uint16).tolist()
+    lut["LUTData"].VR = "US"
+    source.VOILUTSequence = [lut]
+    del source.WindowCenter, source.WindowWidth
+    source.save_as(tmp_path / "lut.dcm")
+    shown = read_image(tmp_path / "lut.dcm", window="file").rgb[..., 0].astype(float)
+    expected = 255 * np.sqrt(np.clip(hu + 200, 0, 500) / 500)
+    assert np.abs(shown - expected).max() <= 1.5
+    del source.VOILUTSequence
+    source.save_as(tmp_path / "none.dcm")
+    with pytest.raises(ImageReadError, match=r"none\.dcm: no display window of its own"):
+        read_image(tmp_path / "none.dcm", window="file")
+    with pytest.raises(ValueError, match="unknown window 'liver'; choose one of .*percentile, file"):
+        read_image(ct3 / "02.dcm", window="liver")
+
+
 # ----------------------------------------------------------------------------- codes
 
 def test_every_manifest_label_has_a_specific_code():

@@ -359,8 +359,9 @@ def _add_input_options(parser: argparse.ArgumentParser, slice_help: str) -> None
     parser.add_argument("--query", required=True)
     parser.add_argument("--out", default="out")
     parser.add_argument("--slice", type=int, help=slice_help)
-    parser.add_argument("--window", help="abdomen | lung | bone | brain | percentile (default: abdomen for CT, "
-                                         "NIfTI in Hounsfield units included; percentiles otherwise)")
+    parser.add_argument("--window", help="abdomen | lung | bone | brain | percentile | file (DICOM: its own "
+                                         "WindowCenter/Width or VOI LUT) (default: abdomen for CT, NIfTI in "
+                                         "Hounsfield units included; percentiles otherwise)")
     parser.add_argument("--ground-truth", help="oracle: the reference mask of the image or slice (PNG)")
 
 

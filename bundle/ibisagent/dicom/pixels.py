@@ -14,15 +14,19 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from ..imaging.windowing import default_window, to_display
+from ..imaging.windowing import CT_WINDOWS, default_window, to_display
 from .withheld import values_withheld
 
-__all__ = ["COLOUR_INTERPRETATIONS", "DicomPixelError", "decoded_pixels", "display_rgb", "frame_count",
-           "functional_group_item", "is_colour", "modality_values"]
+__all__ = ["COLOUR_INTERPRETATIONS", "DICOM_WINDOWS", "FILE_WINDOW", "DicomPixelError", "check_window", "decoded_pixels",
+           "display_rgb", "frame_count", "functional_group_item", "is_colour", "modality_values"]
 
 # Photometric interpretations pydicom decodes to RGB (YBR converted), and the one with a colour lookup table.
 COLOUR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 _PALETTE = "PALETTE COLOR"
+# The window the object itself carries: WindowCenter/WindowWidth (first pair) or a VOI LUT Sequence.
+FILE_WINDOW = "file"
+_VOI_ATTRIBUTES = ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence")
+DICOM_WINDOWS = (*CT_WINDOWS, "percentile", FILE_WINDOW)
 
 
 class DicomPixelError(ValueError):
@@ -125,19 +129,66 @@ def modality_values(pixels: np.ndarray, dataset: Dataset, frame: int | None = No
     return np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
 
 
-def display_rgb(plane: np.ndarray, dataset: Dataset, modality: str | None,
-                window: str | None) -> tuple[np.ndarray, str]:
+def check_window(window: str | None) -> None:
+    """Refuse an unknown window name before anything is read (ValueError: a caller's mistake, not the file's)."""
+    if window is not None and window not in DICOM_WINDOWS:
+        raise ValueError(f"unknown window {window!r}; choose one of {', '.join(DICOM_WINDOWS)}")
+
+
+def _voi_source(dataset: Dataset, frame: int | None) -> Dataset:
+    """Where this frame's own window lives: its functional groups (enhanced multi-frame) or the top level."""
+    item = functional_group_item(dataset, frame, "FrameVOILUTSequence") if frame is not None else None
+    if item is None:
+        return dataset
+    voi = Dataset()
+    for keyword in (*_VOI_ATTRIBUTES, "PhotometricInterpretation", "BitsStored", "PixelRepresentation"):  # pydicom's
+        source = item if keyword in _VOI_ATTRIBUTES else dataset  # checks and output range read the last three
+        if keyword in source:
+            setattr(voi, keyword, source[keyword].value)
+    return voi
+
+
+def _own_window(plane: np.ndarray, dataset: Dataset, frame: int | None, name: str) -> np.ndarray:
+    """The object's own VOI (pydicom applies window or LUT), its output range scaled to uint8."""
+    from pydicom.pixels import apply_voi_lut
+
+    voi = _voi_source(dataset, frame)
+    if "VOILUTSequence" not in voi and not ("WindowCenter" in voi and "WindowWidth" in voi):
+        raise DicomPixelError(f"{name}: no display window of its own (WindowCenter/WindowWidth or a VOI LUT "
+                              "Sequence); choose a CT preset or percentile")
+    try:
+        if "VOILUTSequence" in voi:  # indexed by whole modality values; its ends lie just outside the table
+            entries, first = (int(v) for v in voi.VOILUTSequence[0].LUTDescriptor[:2])
+            values, ends = np.round(plane).astype(np.int64), np.array([first - 1, first + (entries or 2 ** 16)])
+        else:  # a window is a formula on any value; its ends lie far outside it
+            values, ends = plane.astype(np.float64), np.array([-1e12, 1e12])
+        shown = np.asarray(apply_voi_lut(values, voi), dtype=np.float64)
+        low, high = np.sort(np.asarray(apply_voi_lut(ends, voi), dtype=np.float64))  # the output range
+    except Exception as error:  # a malformed window or LUT: pydicom raises several types
+        raise DicomPixelError(f"{name}: its own display window is unusable ({type(error).__name__})") from None
+    if high == low:
+        raise DicomPixelError(f"{name}: its own display window maps every value to one grey level")
+    return np.clip(np.round((shown - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
+
+
+def display_rgb(plane: np.ndarray, dataset: Dataset, modality: str | None, window: str | None,
+                frame: int | None = None, name: str = "the image") -> tuple[np.ndarray, str]:
     """One frame (modality values, or RGB for colour) as display RGB uint8, and the window used.
 
-    Grey frames get `window` (a CT preset or "percentile"; by default the
-    modality's, `default_window`); MONOCHROME1 is inverted after windowing,
-    so a CT preset still selects real Hounsfield units.
+    Grey frames get `window`: a CT preset, "percentile" or "file" (the
+    object's own window or VOI LUT; `frame` finds it in an enhanced
+    multi-frame object); by default the modality's (`default_window`).
+    MONOCHROME1 is inverted after windowing, so a CT preset still selects
+    real Hounsfield units.
     """
     if is_colour(dataset):
         rgb = plane if plane.dtype == np.uint8 else to_display(plane.astype(np.float32), window="percentile")
         return np.ascontiguousarray(rgb[..., :3]), "colour"
     used = window or default_window(modality)
-    display = to_display(plane, modality=modality, window=used)
+    if used == FILE_WINDOW:
+        display = _own_window(plane, dataset, frame, name)
+    else:
+        display = to_display(plane, modality=modality, window=used)
     if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         display = 255 - display  # low values are shown bright
     return np.repeat(display[..., None], 3, axis=2), used

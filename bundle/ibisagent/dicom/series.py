@@ -24,9 +24,8 @@ from pydicom.uid import UID
 
 from ..imaging.orientation import (IDENTITY, DisplayTransform, orientation_note, patient_orientation_cosines,
                                    standard_display)
-from ..imaging.windowing import CT_WINDOWS
-from .pixels import (DicomPixelError, decoded_pixels, display_rgb, frame_count, functional_group_item, is_colour,
-                     modality_values)
+from .pixels import (DicomPixelError, check_window, decoded_pixels, display_rgb, frame_count, functional_group_item,
+                     is_colour, modality_values)
 from .withheld import values_withheld
 
 __all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesWarning", "SeriesGeometry", "SeriesSummary",
@@ -104,7 +103,7 @@ class DicomSeries:
     volume: np.ndarray  # (N, H, W) float32 modality values, or (N, H, W, 3) uint8 for colour
     geometry: SeriesGeometry
     modality: str
-    window: str  # the display window applied: a CT preset, "percentile" or "colour"
+    window: str  # the display window applied: a CT preset, "percentile", "file" or "colour"
     series_instance_uid: str
     warnings: tuple[str, ...]
     skipped: tuple[SkippedFile, ...]
@@ -467,11 +466,11 @@ def read_series(source: str | Path | Sequence[str | Path], slice_index: int | No
     The slice is shown in the standard display whatever its stored orientation
     (`DicomSeries.display` says how; `display.to_stored` maps a mask back).
 
-    `window`: a CT preset (abdomen, lung, bone, brain) or "percentile"; by default
-    CT gets "abdomen" and every other modality percentiles.
+    `window`: a CT preset (abdomen, lung, bone, brain), "percentile" or "file"
+    (the series' own WindowCenter/WindowWidth or VOI LUT); by default CT gets
+    "abdomen" and every other modality percentiles.
     """
-    if window is not None and window != "percentile" and window not in CT_WINDOWS:
-        raise ValueError(f"unknown window {window!r}; choose one of {', '.join([*CT_WINDOWS, 'percentile'])}")
+    check_window(window)
     with values_withheld() as caught:
         series = _read(source, slice_index, series_uid, window)
     if caught:
@@ -505,7 +504,11 @@ def _read(source: str | Path | Sequence[str | Path], slice_index: int | None, se
     volume = _build_volume(ordered, root)
     chosen = ordered[index]
     modality = str(chosen.dataset.get("Modality", "") or "")
-    rgb, used = display_rgb(volume[index], chosen.dataset, modality, window)
+    try:
+        rgb, used = display_rgb(volume[index], chosen.dataset, modality, window, chosen.frame,
+                                _name(chosen.path, root))
+    except DicomPixelError as error:
+        raise DicomSeriesError(str(error)) from None
     display = standard_display(display_orientation(chosen.dataset, chosen.frame)[0])
     datasets = tuple({id(s.dataset): s.dataset for s in ordered}.values())  # one per object, sorted order
     return DicomSeries(display.to_display(rgb), index, chosen.dataset, chosen.frame, datasets,

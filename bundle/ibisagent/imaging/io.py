@@ -31,7 +31,7 @@ class LoadedImage:
     kind: str  # "raster" | "dicom" | "nifti"
     modality: str | None = None
     slice_index: int | None = None
-    window: str | None = None  # the display window applied (a CT preset, "percentile", "colour"); None for rasters
+    window: str | None = None  # the display window applied (a CT preset, "percentile", "file", "colour"); None: raster
     display: DisplayTransform = IDENTITY  # stored pixels -> `rgb` (DICOM slices stored off the standard display)
     display_note: str | None = None  # why and how, when `display` is not the identity
 
@@ -72,9 +72,11 @@ def _dicom_slice(path: Path, slice_index: int | None, window: str | None) -> Loa
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from ..dicom.pixels import DicomPixelError, decoded_pixels, display_rgb, frame_count, is_colour, modality_values
+    from ..dicom.pixels import (DicomPixelError, check_window, decoded_pixels, display_rgb, frame_count, is_colour,
+                                modality_values)
     from ..dicom.series import non_image_reason
 
+    check_window(window)
     try:
         dataset = pydicom.dcmread(path)
     except InvalidDicomError:
@@ -97,7 +99,10 @@ def _dicom_slice(path: Path, slice_index: int | None, window: str | None) -> Loa
     if not is_colour(dataset):
         plane = modality_values(plane, dataset, frame)
     modality = str(dataset.get("Modality", "")) or None
-    rgb, used = display_rgb(plane, dataset, modality, window)
+    try:
+        rgb, used = display_rgb(plane, dataset, modality, window, frame, path.name)
+    except DicomPixelError as error:
+        raise ImageReadError(str(error)) from None
     return _shown_as_standard(_as_rgb(rgb, path), dataset, frame, modality, index, used)
 
 
@@ -135,6 +140,9 @@ def radiological_slice(volume: np.ndarray, index: int) -> np.ndarray:
 
 
 def _read_nifti(path: Path, slice_index: int | None, window: str | None) -> LoadedImage:
+    if window == "file":
+        raise ImageReadError(f"{path.name}: NIfTI carries no display window of its own; choose a CT preset or "
+                             "percentile")
     volume = read_nifti_volume(path)
     index = _choose_slice(volume.shape[2], slice_index, path)
     values = radiological_slice(volume, index)
