@@ -17,8 +17,8 @@ from pydicom.uid import UID
 from ..imaging.windowing import CT_WINDOWS, default_window, to_display
 from .withheld import values_withheld
 
-__all__ = ["COLOUR_INTERPRETATIONS", "DICOM_WINDOWS", "FILE_WINDOW", "DicomPixelError", "check_window", "decoded_pixels",
-           "display_rgb", "frame_count", "functional_group_item", "is_colour", "modality_values"]
+__all__ = ["COLOUR_INTERPRETATIONS", "DICOM_WINDOWS", "FILE_WINDOW", "DicomPixelError", "check_window",
+           "decoded_pixels", "display_rgb", "frame_count", "functional_group_item", "is_colour", "modality_values"]
 
 # Photometric interpretations pydicom decodes to RGB (YBR converted), and the one with a colour lookup table.
 COLOUR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
