@@ -36,6 +36,7 @@ from ibisagent.dicom import pixels as pixels_module
 from ibisagent.imaging.io import ImageReadError, read_image
 from ibisagent.imaging.orientation import DisplayTransform
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from conftest import turn_prone
@@ -171,7 +172,8 @@ def test_monochrome1_is_shown_inverted(ct3, tmp_path):
     assert np.array_equal(inverted.volume, normal.volume)  # the values themselves are untouched
 
 
-def test_enhanced_multiframe_reads_like_its_slices(ct3, tmp_path, dciodvfy):
+def enhanced_copy(ct3: Path, path: Path) -> Dataset:
+    """highdicom's legacy conversion of the 3 slices into one enhanced multi-frame CT, saved at `path`."""
     import highdicom as hd
 
     sources = [pydicom.dcmread(p) for p in sorted(ct3.iterdir())]
@@ -180,7 +182,12 @@ def test_enhanced_multiframe_reads_like_its_slices(ct3, tmp_path, dciodvfy):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = hd.legacy.LegacyConvertedEnhancedCTImage(sources, generate_uid(), 99, generate_uid(), 1)
-    converted.save_as(tmp_path / "multiframe.dcm")
+    converted.save_as(path)
+    return converted
+
+
+def test_enhanced_multiframe_reads_like_its_slices(ct3, tmp_path, dciodvfy):
+    enhanced_copy(ct3, tmp_path / "multiframe.dcm")
     multi, single = read_series(tmp_path / "multiframe.dcm", slice_index=1), read_series(ct3, slice_index=1)
     assert multi.slice_count == 3 and multi.frame_index == 1 and len(multi.datasets) == 1
     assert np.array_equal(multi.volume, single.volume) and np.array_equal(multi.rgb, single.rgb)
@@ -627,17 +634,9 @@ def test_single_file_monochrome1_windows_real_hounsfield_units(ct3, tmp_path):
 
 
 def test_single_file_enhanced_multiframe_uses_each_frames_rescale(ct3, tmp_path):
-    import highdicom as hd
-
+    converted = enhanced_copy(ct3, tmp_path / "multiframe.dcm")
     files = sorted(ct3.iterdir())
-    sources = [pydicom.dcmread(p) for p in files]
-    for dataset in sources:
-        del dataset.SpecificCharacterSet  # highdicom refuses an empty one
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        converted = hd.legacy.LegacyConvertedEnhancedCTImage(sources, generate_uid(), 99, generate_uid(), 1)
-    converted.save_as(tmp_path / "multiframe.dcm")
-    by_position = {tuple(map(float, d.ImagePositionPatient)): f for d, f in zip(sources, files)}
+    by_position = {tuple(map(float, pydicom.dcmread(f).ImagePositionPatient)): f for f in files}
     for frame, item in enumerate(converted.PerFrameFunctionalGroupsSequence):
         position = tuple(map(float, item.PlanePositionSequence[0].ImagePositionPatient))
         shown = read_image(tmp_path / "multiframe.dcm", slice_index=frame)
@@ -680,16 +679,7 @@ def test_the_file_window_is_the_series_own(ct3, tmp_path, how):
     # level (DICOM's linear window has half-pixel offsets); the enhanced copy keeps it in its functional groups.
     path = ct3
     if how == "enhanced multi-frame":
-        import highdicom as hd
-
-        sources = [pydicom.dcmread(p) for p in sorted(ct3.iterdir())]
-        for dataset in sources:
-            del dataset.SpecificCharacterSet
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            converted = hd.legacy.LegacyConvertedEnhancedCTImage(sources, generate_uid(), 99, generate_uid(), 1)
-        assert "WindowCenter" not in converted
-        converted.save_as(tmp_path / "multiframe.dcm")
+        assert "WindowCenter" not in enhanced_copy(ct3, tmp_path / "multiframe.dcm")
         path = tmp_path / "multiframe.dcm"
     own, preset = read_series(path, slice_index=1, window="file"), read_series(path, slice_index=1, window="abdomen")
     assert own.window == "file" and np.abs(own.rgb.astype(int) - preset.rgb).max() <= 1
@@ -699,8 +689,6 @@ def test_the_file_window_is_the_series_own(ct3, tmp_path, how):
 
 
 def test_the_file_window_follows_a_voi_lut_and_is_refused_where_there_is_none(ct3, tmp_path):
-    from pydicom.dataset import Dataset
-
     source = pydicom.dcmread(ct3 / "02.dcm")
     hu = read_series(ct3, slice_index=1).volume[1]
     lut = Dataset()  # a curve over -200..300 HU (the VOI LUT reads modality values), 12-bit output
