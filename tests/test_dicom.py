@@ -715,15 +715,16 @@ def test_the_file_window_follows_a_voi_lut_and_is_refused_where_there_is_none(ct
 def test_every_manifest_label_has_a_specific_code():
     import csv
 
-    manifest = _need(SHARED / "med2d" / "manifest.csv")
-    with manifest.open() as stream:
-        labels = sorted({row["label"] for row in csv.DictReader(stream)})
+    with _need(SHARED / "med2d" / "manifest.csv").open() as stream:
+        labels = {row["label"] for row in csv.DictReader(stream)}
+    with _need(SHARED / "volumes" / "manifest.csv").open() as stream:
+        labels |= {name for row in csv.DictReader(stream) for name in json.loads(row["labels"]).values()}
     from pydicom.sr.codedict import codes
 
     categories = {getattr(codes.cid7150, k).value for k in codes.cid7150.dir()}
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnknownLabelWarning)
-        for label in labels:
+        for label in sorted(labels):
             code = code_for_label(label)
             assert code.known and code.category.value in categories and code.type.scheme_designator == "SCT", label
 
@@ -737,6 +738,13 @@ def test_code_lookup_is_case_insensitive_with_laterality():
     assert code_for_label("left kidney") == left
     assert code_for_label("rib right 9").modifier.meaning == "Right"
     assert code_for_label("lungs").modifier.meaning == "Bilateral"
+    assert code_for_label("Brain stem").type.value == "119238007"
+    parotid = code_for_label("left parotid gland")
+    assert (parotid.type.value, parotid.modifier.meaning) == ("45289007", "Left")
+    assert code_for_label("cell nuclei").type.value == "84640000"
+    # the whole BraTS tumour includes edema: a lesion of brain, not a neoplasm
+    assert (code_for_label("brain tumor").type.value, code_for_label("brain tumor core").type.value) == \
+        ("301766008", "108369006")
 
 
 def test_unknown_label_gets_a_generic_code_and_a_warning():

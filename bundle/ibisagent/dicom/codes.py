@@ -91,6 +91,21 @@ _TABLE: dict[str, tuple[Code, Code, Code | None]] = {
     **_sided("autochthon", _TISSUE, codes.cid7166.MuscleTissue),
     "vertebrae t9": (_ANATOMY, _TYPES.T9Vertebra, None),
     "vertebra t9": (_ANATOMY, _TYPES.T9Vertebra, None),
+    # BraTS regions. The whole tumour includes the peritumoral edema, which is not
+    # neoplasm: "Lesion of brain" (CID 7151/7199) is true for it. The core and its
+    # enhancing part are tumour tissue: "Neoplasm" (DICOM's own "Enhancing Lesion"
+    # is an NCIt code, not SNOMED CT; the label keeps the distinction).
+    "brain tumor": (_ABNORMAL, _TYPES.LesionOfBrain, None),
+    "brain tumor core": (_ABNORMAL, codes.cid7159.Neoplasm, None),
+    "enhancing brain tumor": (_ABNORMAL, codes.cid7159.Neoplasm, None),
+    # Microscopy: the cell nucleus (SNOMED CT 84640000, a cell structure).
+    "cell nuclei": (_ANATOMY, codes.SCT.Nucleus, None),
+    # Head-and-neck organs at risk (OpenKBP).
+    "brainstem": (_ANATOMY, _TYPES.BrainStem, None),
+    "spinal cord": (_ANATOMY, _TYPES.SpinalCord, None),
+    **_sided("parotid gland", _ANATOMY, _TYPES.ParotidGland),
+    "larynx": (_ANATOMY, _TYPES.Larynx, None),
+    "mandible": (_ANATOMY, _TYPES.Mandible, None),
 }
 # Ribs: "Rib" with laterality; the rib number stays in the label (no numbered-rib codes).
 _RIB = re.compile(r"^rib (left|right)(?: (\d{1,2}))?$")
@@ -103,6 +118,11 @@ _ALIASES = {
     "left lung": "lung left", "right lung": "lung right",
     "left atrium": "heart atrium left", "right atrium": "heart atrium right",
     "left ventricle": "heart ventricle left", "right ventricle": "heart ventricle right",
+    "myocardium": "heart myocardium",
+    "brain tumour": "brain tumor", "brain tumour core": "brain tumor core", "tumor core": "brain tumor core",
+    "enhancing brain tumour": "enhancing brain tumor", "enhancing tumor": "enhancing brain tumor",
+    "cell nucleus": "cell nuclei", "nuclei": "cell nuclei", "brain stem": "brainstem",
+    "left parotid gland": "parotid gland left", "right parotid gland": "parotid gland right",
 }
 
 
