@@ -218,7 +218,7 @@ def test_unknown_model_is_named(sam_server):
 
 
 def test_server_killed_mid_session_ends_the_run_with_a_tool_error(own_server, demo_image, demo_reference):
-    tool = TritonSamTool(own_server.grpc_url, timeout=5, retries=1)
+    tool = TritonSamTool(own_server.grpc_url, timeout=60, retries=1)  # a dead server refuses at once: no waiting
     embedding = tool.encode(demo_image)
     os.killpg(own_server.process.pid, signal.SIGKILL)  # tritonserver and its python-backend stubs, at once
     own_server.process.wait()

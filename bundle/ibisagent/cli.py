@@ -328,8 +328,9 @@ def _merge_lora(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Start Triton on the model repository, print one ready line, serve until SIGINT/SIGTERM."""
+    """Start Triton on the model repository, print one ready line, serve until SIGINT/SIGTERM/SIGHUP."""
     from .serving.environment import find_triton, setup_server_env
+    from .serving.lifetime import stop_signals_interrupt
     from .serving.repository import MLLM_MODEL, SAM_MODELS, prepare_repository
     from .serving.server import TritonServer, serve_until_signal
 
@@ -344,13 +345,14 @@ def _serve(args: argparse.Namespace) -> int:
     server = TritonServer(args.repository, models, host=args.host, grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port,
                           install=find_triton(args.server_env), env=env)
-    try:
-        server.start(args.start_timeout)
-    except KeyboardInterrupt:
-        return 130
-    print(f"ready: Triton at {server.grpc_url} (gRPC), models {', '.join(models)}; "
-          f"use --server {server.grpc_url}", flush=True)
-    serve_until_signal(server)
+    with stop_signals_interrupt():  # systemd, docker stop and a closed terminal stop it as Ctrl-C does
+        try:
+            server.start(args.start_timeout)
+        except KeyboardInterrupt:
+            return 130
+        print(f"ready: Triton at {server.grpc_url} (gRPC), models {', '.join(models)}; "
+              f"use --server {server.grpc_url}", flush=True)
+        serve_until_signal(server)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 `ibis serve` and the integration tests use this same code. The server binds
 127.0.0.1 unless told otherwise, loads only the models named (explicit model
-control), and its log is forwarded line by line to a callback.
+control), its log is forwarded line by line to a callback, and it dies with
+the process that started it (see `lifetime.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from .environment import ServerError, TritonInstall, find_triton
+from .lifetime import child_dies_with_parent, signals_deferred
 
 __all__ = ["TritonServer", "ServerError", "serve_until_signal"]
 
@@ -92,7 +94,8 @@ class TritonServer:
             self.install = find_triton()
         self.process = subprocess.Popen(self.command(), env=self._environment(), stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, errors="replace",
-                                        start_new_session=True)  # its own group: our signal handler decides
+                                        start_new_session=True,  # its own group: our signal handler decides
+                                        preexec_fn=child_dies_with_parent())
         self._reader = threading.Thread(target=self._forward_log, name="tritonserver-log", daemon=True)
         self._reader.start()
         try:
@@ -134,23 +137,27 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float | None = None) -> int | None:
-        """SIGTERM, wait for in-flight requests (up to the exit timeout), then SIGKILL what is left of the group."""
+        """SIGTERM, wait for in-flight requests (up to the exit timeout), then SIGKILL what is left of the group.
+
+        Further stop signals wait until it is done: a second Ctrl-C must not leave the server running.
+        """
         if self.process is None:
             return None
         timeout = self.exit_timeout + 10 if timeout is None else timeout
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
+        with signals_deferred():
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:  # python-backend stubs are in the server's group; none may outlive it
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
-        try:  # python-backend stubs are in the server's group; none may outlive it
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        code = self.process.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+            code = self.process.wait()
+            if self._reader is not None:
+                self._reader.join(timeout=5)
         return code
 
     def __enter__(self) -> TritonServer:
@@ -161,16 +168,13 @@ class TritonServer:
 
 
 def serve_until_signal(server: TritonServer) -> None:
-    """Block until SIGINT/SIGTERM, then stop the server cleanly; raise ServerError if it died on its own."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Block until a stop signal (under `lifetime.stop_signals_interrupt`), then stop the server cleanly;
+    raise ServerError if it died on its own."""
     try:
-        while not stop.is_set() and server.running():
-            stop.wait(0.5)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if not stop.is_set():
-        code = server.stop()
-        raise ServerError(f"tritonserver on {server.grpc_url} exited with status {code}: {server.last_error()}")
-    server.stop()
+        while server.running():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        server.stop()
+        return
+    code = server.stop()
+    raise ServerError(f"tritonserver on {server.grpc_url} exited with status {code}: {server.last_error()}")
