@@ -3,31 +3,26 @@
 The SEG references the exact source instance (and frame) the mask was drawn
 on, carries SNOMED codes per segment and the algorithm that made it, and is
 written atomically beside a JSON side-car holding the agent's trajectory.
-Source quirks the standard lets us repair are repaired on a header copy (an
-empty Specific Character Set, absent Type 2 patient/study attributes); the
-caller's datasets are never modified. highdicom's own warnings can quote the
-patient's name, so they are re-emitted without values.
+The source's header is copied and repaired as `derived.py` says; the
+caller's datasets are never modified.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from .. import __version__
 from .codes import SegmentCode, code_for_label
+from .derived import TYPE2, build_without_phi, source_header, write_atomic, write_json_atomic
 from .pixels import DicomPixelError, frame_count
 from .withheld import values_withheld
 
@@ -39,14 +34,9 @@ __all__ = ["SegWriteError", "SegmentInfo", "WrittenSeg", "list_segments", "read_
 
 log = logging.getLogger(__name__)
 
-# Type 2 attributes of the Patient and General Study modules: present, possibly empty.
-_TYPE2 = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS",
-          "StudyDate": "DA", "StudyTime": "TM", "ReferringPhysicianName": "PN", "StudyID": "SH",
-          "AccessionNumber": "SH"}
 # Recommended display colours (RGB), one per segment, cycled.
 _COLOURS = [(34, 139, 34), (220, 20, 60), (30, 144, 255), (255, 165, 0), (148, 0, 211), (0, 206, 209),
             (255, 215, 0), (139, 69, 19)]
-_PHI_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "ReferringPhysicianName")
 
 
 class SegWriteError(ValueError):
@@ -71,107 +61,6 @@ class SegmentInfo:
     type: str  # CodeMeaning
     type_code: str  # "SCT 10200004"
     modifier: str | None
-
-
-# ----------------------------------------------------------------------------- atomic files
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Temp file in the destination folder, fsync, then os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; a PACS sender running as another user must read it
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, default=str) + "\n"
-    _write_atomic(path, lambda stream: stream.write(text.encode("utf-8")))
-
-
-# ----------------------------------------------------------------------------- source header copy
-
-def _valid_temporal(element) -> bool:
-    """Whether a DA/TM/DT value parses; highdicom refuses to copy one that does not."""
-    from pydicom.valuerep import DA, DT, TM
-
-    parse = {"DA": DA, "TM": TM, "DT": DT}[element.VR]
-    values = element.value if element.VM > 1 else [element.value]
-    try:
-        for value in values:
-            if value not in (None, ""):
-                parse(str(value))
-    except ValueError:
-        return False
-    return True
-
-
-def _source_header(source: Dataset) -> tuple[Dataset, list[str]]:
-    """A header-only copy highdicom can use, and what was repaired (attribute names only, no values).
-
-    Repairs: an empty Specific Character Set is removed (it means the default
-    repertoire, but highdicom refuses ''); absent Type 2 patient/study
-    attributes are added empty; malformed dates/times are emptied (Type 2
-    allows empty; a malformed one would make the SEG invalid).
-    """
-    header = Dataset()
-    repaired: list[str] = []
-    with values_withheld():
-        for element in source:
-            if element.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-                continue
-            if element.VR in ("DA", "TM", "DT") and not _valid_temporal(element):
-                header.add_new(element.tag, element.VR, None)
-                repaired.append(f"{element.keyword or element.tag} was not a valid {element.VR}: left empty")
-                continue
-            header.add(element)
-    header.file_meta = FileMetaDataset(getattr(source, "file_meta", FileMetaDataset()))
-    charset = source.get("SpecificCharacterSet")
-    if "SpecificCharacterSet" in header and (charset is None or charset == "" or charset == []):
-        del header.SpecificCharacterSet
-        repaired.append("SpecificCharacterSet was empty: removed (default repertoire)")
-    for keyword, vr in _TYPE2.items():
-        if keyword not in header:
-            header.add_new(keyword, vr, None)
-            repaired.append(f"{keyword} (Type 2) was absent: added empty")
-    return header, repaired
-
-
-def _phi_values(source: Dataset) -> list[str]:
-    values = [str(source.get(keyword, "") or "") for keyword in _PHI_KEYWORDS]
-    return [v for v in values if len(v) >= 3]
-
-
-def _build_without_phi(build: Callable[[], Dataset], source: Dataset) -> Dataset:
-    """Run highdicom; re-emit its warnings and errors except what quotes a person name or identifier."""
-    with values_withheld() as reading:  # converting the values may itself warn, quoting them
-        values = _phi_values(source)
-
-    def clean(text: str) -> str:
-        for value in values:
-            text = text.replace(value, "<withheld>")
-        return text
-
-    try:
-        with values_withheld(values) as caught:
-            built = build()
-    except (ValueError, TypeError, AttributeError, KeyError) as error:
-        reason = f"{type(error).__name__}: {clean(str(error))}"
-        raise SegWriteError(f"highdicom refused the segmentation: {reason}") from None
-    for item in [*reading, *caught]:
-        text = str(item.message)
-        if "person name" in text or "Invalid value" in text or any(v in text for v in values):
-            log.info("a patient attribute in the source is not in standard form (value withheld)")
-            continue
-        warnings.warn(f"highdicom: {text}", UserWarning, stacklevel=3)
-    return built
 
 
 # ----------------------------------------------------------------------------- writing
@@ -248,7 +137,7 @@ def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray 
         raise SegWriteError(f"frame_index {frame_index} given for a single-frame source")
     else:
         pixel_array = np.moveaxis(stack, 0, -1)[None]  # (1, H, W, S)
-    header, repaired = _source_header(source)
+    header, repaired = source_header(source)
     for note in repaired:
         log.info("source header repaired for the SEG: %s", note)
     descriptions = [_description(i + 1, name, code, human_clicked)
@@ -272,8 +161,8 @@ def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray 
             content_creator_name=content_creator, series_description=series_description[:64],
             omit_empty_frames=omit_empty)
 
-    seg = _build_without_phi(build, source)
-    for keyword, vr in _TYPE2.items():  # highdicom copies what exists; keep Type 2 present when it did not
+    seg = build_without_phi(build, source, "segmentation", SegWriteError)
+    for keyword, vr in TYPE2.items():  # highdicom copies what exists; keep Type 2 present when it did not
         if keyword not in seg:
             seg.add_new(keyword, vr, None)
     shared = seg.get("SharedFunctionalGroupsSequence") or [Dataset()]
@@ -284,9 +173,9 @@ def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray 
     sidecar = None
     if trajectory is not None:  # first, so a watcher that picks up the .dcm finds its side-car already there
         sidecar = out_path.with_suffix(".json")
-        _write_json(sidecar, _sidecar(out_path, seg, source, frame_index, stack, names, codes_used, human_clicked,
+        write_json_atomic(sidecar, _sidecar(out_path, seg, source, frame_index, stack, names, codes_used, human_clicked,
                                       trajectory))
-    _write_atomic(out_path, lambda stream: pydicom.dcmwrite(stream, seg, enforce_file_format=True))
+    write_atomic(out_path, lambda stream: pydicom.dcmwrite(stream, seg, enforce_file_format=True))
     log.info("wrote SEG %s (%d segment(s))", out_path.name, len(names))
     return WrittenSeg(out_path, sidecar, str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID), tuple(names),
                       tuple(codes_used))
