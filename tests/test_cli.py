@@ -77,6 +77,32 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, make_args, message):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--out", d / "a_file"], "is an existing file"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--out", d / "a_file" / "sub"], "a_file is a file"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--out", "/proc/ibis-out"], "is not writable"),
+    (lambda d: ["demo", "--out", d / "a_file"], "is an existing file"),
+    (lambda d: ["segment-dicom", d, "--query", "liver", "--out", d / "a_file"], "is an existing file"),
+    (lambda d: ["evaluate", "--manifest", d / "m.csv", "--json", d], "is an existing folder"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--max-turns", "0"], "give 1 to 100"),
+    (lambda d: ["segment", d / "ok.png", "--query", "liver", "--max-turns", "1000000000"], "give 1 to 100"),
+    (lambda d: ["demo", "--max-turns", "many"], "'many' is not a whole number"),
+])
+def test_arguments_and_the_output_place_are_checked_before_any_model_loads(tmp_path, make_args, message):
+    """Bad arguments are refused at once: no torch, no onnxruntime, no sentence encoder imported."""
+    Image.fromarray(np.zeros((6, 8), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "a_file").write_text("keep me")
+    probe = ("import sys\nfrom ibisagent.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+             "except SystemExit as exit:\n    code = exit.code\n"
+             "loaded = [m for m in ('torch', 'onnxruntime', 'sentence_transformers') if m in sys.modules]\n"
+             "print('loaded:', loaded, 'code:', code)")
+    done = subprocess.run([sys.executable, "-c", probe, *map(str, make_args(tmp_path))], capture_output=True,
+                          text=True, timeout=120)
+    assert "loaded: [] code: 2" in done.stdout, (done.stdout, done.stderr)
+    assert message in done.stderr.strip().splitlines()[-1], done.stderr
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
 def test_unknown_policy_is_refused(tmp_path):
     done = ibis("segment", tmp_path / "x.png", "--query", "liver", "--policy", "gpt")
     assert done.returncode == 2 and "invalid choice: 'gpt'" in done.stderr

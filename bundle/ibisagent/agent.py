@@ -20,7 +20,12 @@ from .prompting import PromptSet, load_prompts
 from .protocol import Action, ActionKind, parse_response
 from .tools.base import Click, ImageEmbedding, SegmentationTool
 
-__all__ = ["Agent", "AgentResult", "RunStatus", "Turn"]
+__all__ = ["Agent", "AgentResult", "RunStatus", "Turn", "TURN_LIMIT"]
+
+# The most turns a run may be given. The protocol's budget is 20 (the paper's);
+# a click policy that needs more than 100 is lost, and a larger limit only
+# lets a looping policy burn time.
+TURN_LIMIT = 100
 
 
 class RunStatus(str, Enum):
@@ -79,8 +84,10 @@ TurnCallback = Callable[[Turn, np.ndarray], None]
 class Agent:
     def __init__(self, tool: SegmentationTool, policy: Policy, prompts: PromptSet | None = None,
                  max_turns: int = 20, max_repeats: int = 3, max_invalid: int = 3, history: bool = False):
-        if max_turns < 1 or max_repeats < 2 or max_invalid < 1:
-            raise ValueError("max_turns >= 1, max_repeats >= 2 and max_invalid >= 1 are required")
+        if not 1 <= max_turns <= TURN_LIMIT:
+            raise ValueError(f"the turn limit must be 1 to {TURN_LIMIT}, not {max_turns}")
+        if max_repeats < 2 or max_invalid < 1:
+            raise ValueError("max_repeats >= 2 and max_invalid >= 1 are required")
         self.tool = tool
         self.policy = policy
         self.prompts = prompts or load_prompts()

@@ -24,6 +24,19 @@ class CommandError(Exception):
     """A failure to report in one line."""
 
 
+def _turn_limit(value: str) -> int:
+    """--max-turns: a whole number from 1 to the agent's TURN_LIMIT."""
+    from .agent import TURN_LIMIT
+
+    try:
+        turns = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if not 1 <= turns <= TURN_LIMIT:
+        raise argparse.ArgumentTypeError(f"{turns} is out of range: give 1 to {TURN_LIMIT}")
+    return turns
+
+
 def _policy_options(args: argparse.Namespace, ground_truth: np.ndarray | None, name: str | None = None) -> dict:
     from .policies import LITE_POLICY_NAMES
 
@@ -64,7 +77,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .imaging.io import read_image, read_mask
     from .metrics import iou
-    from .outputs import write_run
+    from .outputs import check_output_dir, write_run
     from .policies import build_policy
     from .prompting import load_prompts
     from .tools.factory import build_tool, parse_tool_spec
@@ -72,6 +85,7 @@ def _segment(args: argparse.Namespace) -> int:
     if not args.query or not args.query.strip():
         raise CommandError("the query is empty")
     tool_config = parse_tool_spec(args.tool)  # cheap checks before any model loads
+    check_output_dir(args.out)
     loaded = read_image(args.image, args.slice, args.window)
     if loaded.display_note:
         print(loaded.display_note, flush=True)
@@ -109,6 +123,7 @@ def _segment_dicom(args: argparse.Namespace) -> int:
     from .dicom.pipeline import segment_dicom
     from .dicom.series import read_series
     from .imaging.io import read_mask
+    from .outputs import check_output_dir
     from .policies import build_policy
     from .prompting import load_prompts
     from .tools.factory import build_tool, parse_tool_spec
@@ -116,6 +131,7 @@ def _segment_dicom(args: argparse.Namespace) -> int:
     if not args.query or not args.query.strip():
         raise CommandError("the query is empty")
     tool_config = parse_tool_spec(args.tool)
+    check_output_dir(args.out)
     series = read_series(args.series_dir, args.slice, args.series_uid, args.window)  # input errors before models load
     ground_truth = read_mask(args.ground_truth, series.rgb.shape[:2], series.display) if args.ground_truth else None
     prompts = load_prompts(args.prompts)
@@ -164,6 +180,9 @@ def _trajectories(args: argparse.Namespace) -> int:
     from .training.embedding_cache import EmbeddingCache
     from .training.trajectories import TrajectoryConfig, write_trajectories
 
+    from .outputs import check_output_file
+
+    check_output_file(args.out)
     config = TrajectoryConfig(args.target_iou, args.max_steps, tuple(args.query_kind))
     pairs = select_pairs(read_manifest(args.manifest, args.split), args.per_source, args.limit)
     if not pairs:
@@ -177,11 +196,13 @@ def _trajectories(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_policies, load_queries, markdown_table, read_manifest, select_pairs, summarise
-    from .outputs import write_json_atomic
+    from .outputs import check_output_file, write_json_atomic
     from .policies import LITE_POLICY_NAMES, build_policy
     from .prompting import load_prompts
     from .tools.factory import build_tool
 
+    if args.json:
+        check_output_file(args.json)
     pairs = select_pairs(read_manifest(args.manifest, args.split), args.per_source, args.limit)
     queries = load_queries(args.queries)
     prompts = load_prompts(args.prompts)
@@ -368,6 +389,7 @@ def _add_input_options(parser: argparse.ArgumentParser, slice_help: str) -> None
 
 
 def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_repeats: bool = False) -> None:
+    from .agent import TURN_LIMIT
     from .policies import POLICY_NAMES
 
     parser.add_argument("--policy", default=policy_default, choices=POLICY_NAMES)
@@ -382,7 +404,7 @@ def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_
                         "and the triton policy's server")
     parser.set_defaults(tool_repeats=tool_repeats)
     parser.add_argument("--prompts", help="YAML prompt file (default: the packaged wording)")
-    parser.add_argument("--max-turns", type=int, default=20)
+    parser.add_argument("--max-turns", type=_turn_limit, default=20, help=f"turn limit, 1 to {TURN_LIMIT} (default 20)")
     parser.add_argument("--target-iou", type=float, default=0.9, help="oracle: stop at this IoU")
     parser.add_argument("--responses", help="scripted: a file with one answer per line (\\n for newlines)")
     parser.add_argument("--model-path", help="hf: a local Qwen2.5-VL / Qwen2-VL checkpoint folder")
@@ -530,7 +552,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="time the whole agent per image with this policy (repeatable), torch vs onnxruntime tool")
     bench.add_argument("--manifest", help="--agent: also time test-split images of this manifest")
     bench.add_argument("--images", type=int, default=12, help="--agent: images to time")
-    bench.add_argument("--max-turns", type=int, default=10, help="--agent: turn limit")
+    bench.add_argument("--max-turns", type=_turn_limit, default=10, help="--agent: turn limit")
     bench.set_defaults(handler=_bench)
     return parser
 

@@ -20,7 +20,43 @@ from .agent import AgentResult
 from .imaging.orientation import IDENTITY, DisplayTransform
 from .imaging.overlay import overlay_mask
 
-__all__ = ["write_run", "write_json_atomic", "save_torch_atomic", "publish"]
+__all__ = ["write_run", "write_json_atomic", "save_torch_atomic", "publish", "check_output_dir", "check_output_file"]
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse, before any work, an output folder that names a file or that this process cannot write.
+
+    Why: a run that loads models and clicks for seconds (or an evaluation for
+    hours) should not find out at the end that its outputs have nowhere to go.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output folder {path} is an existing file; name a folder")
+    existing = _nearest_existing(path.absolute())
+    if not existing.is_dir():
+        raise ValueError(f"output folder {path} cannot be made: {existing} is a file")
+    try:  # a real write: permission bits do not tell for root, read-only mounts or pseudo file systems
+        handle, probe = tempfile.mkstemp(prefix=".ibis-write-check-", dir=existing)
+    except OSError as error:
+        raise ValueError(f"output folder {path} is not writable: cannot write into {existing} ({error.strerror})") from None
+    os.close(handle)
+    os.unlink(probe)
+    return path
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Refuse, before any work, an output file that names a folder or whose folder cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"output file {path} is an existing folder; name a file")
+    check_output_dir(path.parent if str(path.parent) else Path("."))
+    return path
 
 
 def publish(temporary: str | Path, path: str | Path) -> None:
