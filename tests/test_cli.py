@@ -87,6 +87,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, make_args, message):
     (lambda d: ["segment", d / "ok.png", "--query", "liver", "--max-turns", "0"], "give 1 to 100"),
     (lambda d: ["segment", d / "ok.png", "--query", "liver", "--max-turns", "1000000000"], "give 1 to 100"),
     (lambda d: ["demo", "--max-turns", "many"], "'many' is not a whole number"),
+    (lambda d: ["bench", "--agent", "lite", "--manifest", d / "absent.csv"], "cannot read manifest"),
 ])
 def test_arguments_and_the_output_place_are_checked_before_any_model_loads(tmp_path, make_args, message):
     """Bad arguments are refused at once: no torch, no onnxruntime, no sentence encoder imported."""

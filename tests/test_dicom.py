@@ -307,7 +307,10 @@ def test_empty_folder(tmp_path):
 
 def test_folder_without_images(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
-    with pytest.raises(DicomSeriesError, match=r"no DICOM image found \(1 file\(s\) skipped: 1 x not a DICOM file\)"):
+    with pytest.raises(DicomSeriesError, match=r"no DICOM image found; skipped 1 file: not a DICOM file \(1\)$"):
+        read_series(tmp_path)
+    (tmp_path / "more.txt").write_text("not an image either")
+    with pytest.raises(DicomSeriesError, match=r"no DICOM image found; skipped 2 files: not a DICOM file \(2\)$"):
         read_series(tmp_path)
 
 

@@ -20,10 +20,6 @@ from .agent import Agent
 from .imaging.io import read_image
 from .policies import build_policy
 from .tools.base import SegmentationTool
-from .tools.factory import build_tool
-from .tools.onnx_export import export_onnx
-from .tools.onnx_tool import OnnxSamTool
-from .tools.torch_tool import TorchSamTool
 
 __all__ = ["run_agent_bench"]
 
@@ -33,7 +29,7 @@ def _bench_images(manifest: str | None, count: int) -> list[tuple[np.ndarray, st
     from pydicom.data import get_testdata_file
 
     images = [(read_image(get_testdata_file("examples_overlay.dcm")).rgb, "Segment the liver.")]
-    if not (manifest and Path(manifest).is_file()):
+    if not manifest:
         return images
     from .evaluation import read_manifest
 
@@ -71,10 +67,15 @@ def _time_agent(tool: SegmentationTool, policy_name: str, images: list[tuple[np.
 def run_agent_bench(policies: list[str], tool_spec: str = "lite-medsam", manifest: str | None = None,
                     images: int = 12, max_turns: int = 10, warmup: int = 2) -> str:
     """A markdown table: per policy and backend, median agent seconds per image and its parts."""
+    chosen = _bench_images(manifest, images)  # input errors before the models load
+    from .tools.factory import build_tool
+    from .tools.onnx_export import export_onnx
+    from .tools.onnx_tool import OnnxSamTool
+    from .tools.torch_tool import TorchSamTool
+
     torch_tool = build_tool(tool_spec)
     if not isinstance(torch_tool, TorchSamTool):
         raise ValueError(f"the agent bench compares torch with onnxruntime: give a torch tool spec, not {tool_spec!r}")
-    chosen = _bench_images(manifest, images)
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         export_onnx(torch_tool.parts, torch_tool.transform, directory)
@@ -87,7 +88,9 @@ def run_agent_bench(policies: list[str], tool_spec: str = "lite-medsam", manifes
                             f"{m['tool_ms']:.1f} | {m['turns']:.0f} |")
             ratio = measured["onnxruntime"]["total_s"] / measured["torch"]["total_s"]
             rows.append(f"| {name} | ratio onnxruntime/torch | {ratio:.2f} | | | | |")
-    header = [f"tool {torch_tool.name}; {len(chosen)} images (the demo MR + test-split images), medians per image "
+    which = (f"the demo MR + {len(chosen) - 1} test-split image(s) of {manifest}" if manifest else
+             "the demo MR only; --manifest adds test-split images")
+    header = [f"tool {torch_tool.name}; {len(chosen)} image(s) ({which}), medians per image "
               f"after {warmup} warm-up runs, at most {max_turns} turns", "",
               "| policy | backend | agent s/image | encoder ms | policy ms/turn | tool ms/click | turns |",
               "|---|---|---|---|---|---|---|"]

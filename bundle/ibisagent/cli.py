@@ -259,8 +259,6 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
-
     if args.server:
         from .serving.bench import run_serving_bench
 
@@ -271,6 +269,8 @@ def _bench(args: argparse.Namespace) -> int:
 
         print(run_agent_bench(args.agent, args.tool, args.manifest, args.images, args.max_turns))
         return 0
+    from .bench import run_bench
+
     print(run_bench(args.tool, args.runs, args.warmup, args.image))
     return 0
 

@@ -245,8 +245,9 @@ def _scan(source: str | Path | Sequence[str | Path]) -> tuple[_Groups, list[Skip
         log.info("skipped %s: %s", _name(item.path, root), item.reason)
     if not groups:
         reasons = Counter(item.reason for item in skipped)
-        summary = "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common(5))
-        raise DicomSeriesError(f"{root}: no DICOM image found ({len(skipped)} file(s) skipped: {summary})")
+        summary = "; ".join(f"{reason} ({count})" for reason, count in reasons.most_common(5))
+        files = f"{len(skipped)} file{'s' if len(skipped) != 1 else ''}"
+        raise DicomSeriesError(f"{root}: no DICOM image found; skipped {files}: {summary}")
     if "" in groups:
         names = ", ".join(_name(path, root) for path, _ in groups[""][:5])
         raise DicomSeriesError(f"SeriesInstanceUID is missing or blank in {len(groups[''])} image(s) ({names}); "
