@@ -136,3 +136,27 @@ def test_oracle_on_real_pairs(lite_tool, real_pairs):
         first = result.clicks[0]
         assert first.positive and target[int(first.y * target.shape[0]), int(first.x * target.shape[1])]
         assert 0.0 <= iou(result.mask, target) <= 1.0
+
+
+def test_a_run_continues_from_a_start_state(lite_tool, demo_image, demo_embedding):
+    """Two turns, then two more from the state they left, give the pixels of one four-turn run."""
+    from ibisagent.agent import StartState
+
+    third = "<think>t</think><action>Positive Point (0.3000, 0.5000)</action>"
+    whole, _ = run(lite_tool, demo_image, demo_embedding, [CLICK, OTHER, third, STOP])
+    first, _ = run(lite_tool, demo_image, demo_embedding, [CLICK, OTHER], max_turns=2)
+    assert first.status is RunStatus.MAX_TURNS and first.low_res_logits is not None
+    start = StartState(tuple(first.clicks), first.mask, first.low_res_logits,
+                       tuple(t.predicted_iou for t in first.turns), turn=len(first.turns))
+    policy = RecordingPolicy([third, STOP])
+    rest = Agent(lite_tool, policy).run(demo_image, "Segment the liver.", embedding=demo_embedding, start=start)
+    assert rest.status is RunStatus.TERMINATED and rest.clicks == whole.clicks
+    assert np.array_equal(rest.mask, whole.mask) and np.array_equal(rest.low_res_logits, whole.low_res_logits)
+    assert [t.index for t in rest.turns] == [2, 3]
+    seen = policy.seen[0][0]
+    assert seen.turn == 2 and len(seen.clicks) == 2 and np.array_equal(seen.mask, first.mask)
+    assert not np.array_equal(seen.view, demo_image)  # the overlay of the mask it continues from
+    assert start.mask is not rest.mask and np.array_equal(start.mask, first.mask)  # the caller's mask is kept
+    with pytest.raises(ValueError, match="start mask"):
+        Agent(lite_tool, policy).run(demo_image, "liver", embedding=demo_embedding,
+                                     start=StartState((), np.zeros((3, 3), bool), None))

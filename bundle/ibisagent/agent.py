@@ -20,7 +20,7 @@ from .prompting import PromptSet, load_prompts
 from .protocol import Action, ActionKind, parse_response
 from .tools.base import Click, ImageEmbedding, SegmentationTool
 
-__all__ = ["Agent", "AgentResult", "RunStatus", "Turn", "TURN_LIMIT"]
+__all__ = ["Agent", "AgentResult", "RunStatus", "StartState", "Turn", "TURN_LIMIT"]
 
 # The most turns a run may be given. The protocol's budget is 20 (the paper's);
 # a click policy that needs more than 100 is lost, and a larger limit only
@@ -64,6 +64,7 @@ class AgentResult:
     answer: str | None = None
     error: str | None = None
     encode_seconds: float = 0.0
+    low_res_logits: np.ndarray | None = None  # the tool's logits for `mask`: what a continuation starts from
 
     def trajectory(self) -> dict:
         """JSON-ready record of the run (no pixels)."""
@@ -76,6 +77,21 @@ class AgentResult:
             "clicks": [asdict(click) for click in self.clicks],
             "turns": [asdict(turn) for turn in self.turns],
         }
+
+
+@dataclass(frozen=True)
+class StartState:
+    """Where a run continues from instead of from scratch: what earlier turns (or a person) left.
+
+    Mixed initiative: a person's clicks join the agent's, and the agent goes on
+    from the mask and low-res logits they produced, at turn `turn`.
+    """
+
+    clicks: tuple[Click, ...]
+    mask: np.ndarray  # (H, W) bool
+    low_res_logits: np.ndarray | None  # the tool's last (1, 1, m, m) logits: the next step's mask_input
+    predicted_ious: tuple[float, ...] = ()
+    turn: int = 0  # steps already taken, the person's clicks included: this run's first turn gets this index
 
 
 TurnCallback = Callable[[Turn, np.ndarray], None]
@@ -101,16 +117,21 @@ class Agent:
         return {"role": "user", "content": [{"type": "image", "image": view}, {"type": "text", "text": text}]}
 
     def run(self, image: np.ndarray, query: str, on_turn: TurnCallback | None = None,
-            embedding: ImageEmbedding | None = None) -> AgentResult:
+            embedding: ImageEmbedding | None = None, start: StartState | None = None) -> AgentResult:
         """Segment the target `query` asks for in an RGB uint8 image.
 
         Pass `embedding` when this image was already encoded by the same tool
         (several targets in one image): the encoder is the expensive part.
+        Pass `start` to continue from earlier clicks (up to `max_turns` more
+        turns); the result's clicks then begin with `start.clicks`.
         """
         if not query or not query.strip():
             raise ValueError("the query is empty")
-        mask = np.zeros(image.shape[:2], bool)
-        result = AgentResult(mask, RunStatus.MAX_TURNS, [], [])
+        if start is not None and start.mask.shape != image.shape[:2]:
+            raise ValueError(f"the start mask is {start.mask.shape}, the image {image.shape[:2]}")
+        mask = np.zeros(image.shape[:2], bool) if start is None else np.asarray(start.mask, bool).copy()
+        result = AgentResult(mask, RunStatus.MAX_TURNS, [], [] if start is None else list(start.clicks),
+                             low_res_logits=None if start is None else start.low_res_logits)
         started = time.perf_counter()
         try:
             if embedding is None:
@@ -122,11 +143,12 @@ class Agent:
         self.policy.reset(image, query)
 
         messages: list[Message] = [{"role": "system", "content": [{"type": "text", "text": self.prompts.system}]}]
-        low_res: np.ndarray | None = None
+        low_res = None if start is None else start.low_res_logits
         recent: list[Action] = []
         invalid_in_a_row = 0
-        predicted_ious: list[float] = []
-        for index in range(self.max_turns):
+        predicted_ious: list[float] = [] if start is None else list(start.predicted_ious)
+        first = 0 if start is None else start.turn
+        for index in range(first, first + self.max_turns):
             view = image if index == 0 else overlay_mask(image, result.mask)
             user = self._user_message(view, query, index)
             conversation = messages + [user] if self.history else [messages[0], user]
@@ -172,6 +194,7 @@ class Agent:
                         return result
                     turn.tool_seconds = time.perf_counter() - started
                     low_res, result.mask = output.low_res_logits, output.mask
+                    result.low_res_logits = low_res
                     turn.predicted_iou, turn.mask_area = round(output.iou, 4), int(output.mask.sum())
                     predicted_ious.append(float(output.iou))
             if on_turn:
