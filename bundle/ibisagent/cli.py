@@ -264,6 +264,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         print(run_serving_bench(args.server, args.tool, args.sessions, args.clicks, args.image))
         return 0
+    if args.label:
+        from .label.bench import run_label_bench
+
+        print(run_label_bench(args.tool, args.clicks + 1, args.label_sessions))
+        return 0
     if args.agent:
         from .agent_bench import run_agent_bench
 
@@ -374,6 +379,41 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ready: Triton at {server.grpc_url} (gRPC), models {', '.join(models)}; "
               f"use --server {server.grpc_url}", flush=True)
         serve_until_signal(server)
+    return 0
+
+
+def _label_serve(args: argparse.Namespace) -> int:
+    """Start MONAI Label with the ibisagent app, print one ready line, serve until SIGINT/SIGTERM."""
+    from .label.environment import setup_label_env
+    from .label.server import LabelServer, write_app_folder
+
+    if args.setup:
+        print(f"MONAI Label environment: {setup_label_env(args.label_env)}", flush=True)
+        print(f"app folder: {write_app_folder(args.app_dir)}", flush=True)
+        return 0
+    if not args.studies:
+        raise CommandError("--studies DIR or a DICOMweb URL is required")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: MONAI Label binds {args.host}: reachable from other machines, without authentication",
+              file=sys.stderr, flush=True)
+    server = LabelServer(args.studies, args.app_dir, host=args.host, port=args.port, label_env=args.label_env,
+                         conf={"tool": args.tool})
+    try:
+        server.start(args.start_timeout)
+    except KeyboardInterrupt:
+        return 130
+    print(f"ready: MONAI Label at {server.url}, infer task ibisagent (studies {args.studies})", flush=True)
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set() and server.running():
+        stop.wait(0.5)
+    code = server.stop()
+    if not stop.is_set():
+        raise CommandError(f"monailabel exited with status {code}: {server.last_error()}")
     return 0
 
 
@@ -500,6 +540,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for readiness")
     serve.set_defaults(handler=_serve)
 
+    label = commands.add_parser("label-serve", help="MONAI Label with the ibisagent app (3D Slicer, OHIF)")
+    label.add_argument("--studies", help="the datastore: a folder of images, or a DICOMweb URL (a PACS)")
+    label.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    label.add_argument("--port", type=int, default=8000)
+    label.add_argument("--tool", default="lite-medsam", help="the agent's segmentation tool")
+    label.add_argument("--app-dir", default="monailabel_app", help="the app folder MONAI Label loads (and logs to)")
+    label.add_argument("--label-env", help="MONAI Label's environment (default $IBIS_LABEL_ENV or .venv-label)")
+    label.add_argument("--setup", action="store_true", help="create MONAI Label's environment and the app folder")
+    label.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for readiness")
+    label.set_defaults(handler=_label_serve)
+
     lite = commands.add_parser("train-lite", help="train the IBIS-lite policy (SFT, then GRPO)")
     lite.add_argument("--config", default="configs/train_lite.yaml")
     lite.add_argument("--manifest", help="override the config's manifest")
@@ -550,6 +601,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--clicks", type=int, default=5, help="--server: clicks per session")
     bench.add_argument("--agent", action="append", choices=("lite", "lite-one-click"),
                        help="time the whole agent per image with this policy (repeatable), torch vs onnxruntime tool")
+    bench.add_argument("--label", action="store_true", help="ms per click in a MONAI Label task session vs "
+                       "re-encoding every click (MONAI Label's SAM2 pattern), same tool, one run")
+    bench.add_argument("--label-sessions", type=int, default=3, help="--label: sessions of --clicks + 1 clicks")
     bench.add_argument("--manifest", help="--agent: also time test-split images of this manifest")
     bench.add_argument("--images", type=int, default=12, help="--agent: images to time")
     bench.add_argument("--max-turns", type=_turn_limit, default=10, help="--agent: turn limit")

@@ -1,0 +1,71 @@
+"""A small MONAI Label REST client for the tests (standard library only): what Slicer and OHIF send."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+
+class Answer:
+    def __init__(self, status: int, content_type: str, body: bytes):
+        self.status, self.content_type, self.body = status, content_type, body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def parts(self) -> dict[str, bytes]:
+        """A multipart answer (output=all) by part name: `params` (JSON) and `image` (the label file)."""
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {self.content_type}\r\n\r\n".encode() + self.body)
+        parts = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            parts[name] = part.get_payload(decode=True)
+        return parts
+
+
+def _send(request: urllib.request.Request, timeout: float) -> Answer:
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Answer(response.status, response.headers.get("content-type", ""), response.read())
+    except urllib.error.HTTPError as error:
+        return Answer(error.code, error.headers.get("content-type", ""), error.read())
+
+
+def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    chunks = []
+    for name, value in fields.items():
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, data) in files.items():
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                      f'Content-Type: application/octet-stream\r\n\r\n'.encode() + data + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def infer(url: str, image: str, params: dict | str, output: str = "all", model: str = "ibisagent",
+          timeout: float = 600) -> Answer:
+    query = urllib.parse.urlencode({"image": image, "output": output})
+    text = params if isinstance(params, str) else json.dumps(params)
+    body, content_type = _multipart({"params": text}, {})
+    request = urllib.request.Request(f"{url}/infer/{model}?{query}", data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+    return _send(request, timeout)
+
+
+def get(url: str, path: str, timeout: float = 60) -> Answer:
+    return _send(urllib.request.Request(f"{url}{path}"), timeout)
+
+
+def put_label(url: str, image: str, label: bytes, filename: str, tag: str = "final", timeout: float = 60) -> Answer:
+    query = urllib.parse.urlencode({"image": image, "tag": tag})
+    body, content_type = _multipart({"params": "{}"}, {"label": (filename, label)})
+    request = urllib.request.Request(f"{url}/datastore/label?{query}", data=body, method="PUT",
+                                     headers={"Content-Type": content_type})
+    return _send(request, timeout)

@@ -1,0 +1,250 @@
+"""The MONAI Label app against a real `monailabel` server process, on real images of ../shared/data.
+
+The server runs from `.venv-label` (`ibis label-serve --setup`, done by .ci/run); tests skip when it is absent.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from label_client import get, infer, put_label
+from PIL import Image
+from test_triton import free_ports
+
+from conftest import MED2D, REPO
+
+IMAGE = "ABD_035_51"  # a BTCV test-split CT slice (liver visible)
+OTHER = "ABD_035_61"
+PROMPT = "Segment the liver."
+
+
+@pytest.fixture(scope="module")
+def label_env():
+    from ibisagent.label.environment import label_env_path
+
+    env = label_env_path(REPO / ".venv-label")
+    if not (env / "bin" / "monailabel").is_file():
+        pytest.skip(f"no MONAI Label environment at {env}: run `ibis label-serve --setup`")
+    return env
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, med2d_manifest):
+    folder = tmp_path_factory.mktemp("studies")
+    for name in (IMAGE, OTHER):
+        shutil.copy(MED2D / "images" / "imis-btcv" / f"{name}.png", folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(label_env, studies, tmp_path_factory):
+    from ibisagent.label.server import LabelServer
+
+    logs: list[str] = []
+    server = LabelServer(studies, tmp_path_factory.mktemp("app"), port=free_ports(1)[0], label_env=label_env,
+                         log=logs.append)
+    server.start(900)
+    server.logs = logs
+    yield server
+    server.stop()
+
+
+def label_of(answer) -> tuple[np.ndarray, dict]:
+    import json
+
+    assert answer.status == 200, answer.body[:500]
+    parts = answer.parts()
+    return np.asarray(Image.open(io.BytesIO(parts["image"]))) > 0, json.loads(parts["params"])
+
+
+def test_info_lists_the_task_with_its_config(server):
+    info = get(server.url, "/info/").json()
+    task = info["models"]["ibisagent"]
+    assert task["type"] == "deepgrow" and task["dimension"] == 2
+    assert set(task["config"]) == {"prompt", "label", "policy", "max_turns", "agent_turns_after_user", "store_seg"}
+    assert task["config"]["policy"][0] == "lite" and "liver" in task["labels"]
+
+
+def test_prompt_then_one_more_point_in_one_session(server, studies, lite_tool):
+    """The server's mask is the in-process agent's, pixel for pixel; a click then re-encodes nothing."""
+    from ibisagent.agent import Agent
+    from ibisagent.imaging.io import read_image
+    from ibisagent.policies import build_policy
+    from ibisagent.tools.base import Click
+
+    params = {"prompt": PROMPT, "label": "liver", "client_id": "annotator-1"}
+    mask, result = label_of(infer(server.url, IMAGE, params))
+    rgb = read_image(studies / f"{IMAGE}.png").rgb
+    embedding = lite_tool.encode(rgb)
+    expected = Agent(lite_tool, build_policy("lite"), max_turns=10).run(rgb, PROMPT, embedding=embedding)
+    assert result["encoded"] is True and result["algorithm_type"] == "AUTOMATIC"
+    assert np.array_equal(mask, expected.mask) and mask.any()
+    assert [c["origin"] for c in result["clicks"]] == ["agent"] * len(expected.clicks)
+    assert all(step["by"] == "agent" and step["think"] for step in result["trajectory"])
+
+    point = [300, 250]  # (column, row) of the PNG, as MONAI Label clients send for 2D images
+    mask2, result2 = label_of(infer(server.url, IMAGE, {**params, "foreground": [point]}))
+    assert result2["encoded"] is False and result2["encode_seconds"] == 0
+    assert result2["algorithm_type"] == "SEMIAUTOMATIC"
+    assert [c["origin"] for c in result2["clicks"]][-1] == "person" and result2["clicks"][-1]["point"] == point
+    person = Click((point[0] + 0.5) / rgb.shape[1], (point[1] + 0.5) / rgb.shape[0], True)
+    updated = lite_tool.predict(embedding, [*expected.clicks, person], expected.low_res_logits)
+    assert np.array_equal(mask2, updated.mask) and not np.array_equal(mask2, mask)
+    assert result2["trajectory"][-1]["by"] == "person"
+
+    # the client resends the same point: nothing new, the same mask, still no encoding
+    mask3, result3 = label_of(infer(server.url, IMAGE, {**params, "foreground": [point]}))
+    assert np.array_equal(mask3, mask2) and result3["encoded"] is False and len(result3["clicks"]) == len(
+        result2["clicks"])
+
+
+def test_two_clients_interleaved_keep_separate_sessions(server):
+    a = {"prompt": PROMPT, "label": "liver", "client_id": "reader-a"}
+    b = {"label": "liver", "client_id": "reader-b"}
+    _, first_a = label_of(infer(server.url, OTHER, a))
+    mask_b, first_b = label_of(infer(server.url, OTHER, {**b, "foreground": [[200, 260]]}))
+    _, second_a = label_of(infer(server.url, OTHER, {**a, "background": [[100, 100]]}))
+    mask_b2, second_b = label_of(infer(server.url, OTHER, {**b, "foreground": [[200, 260]]}))
+    assert first_b["encoded"] is False  # the embedding is shared; the state is not
+    assert [c["origin"] for c in first_b["clicks"]] == ["person"]
+    assert [c["origin"] for c in second_a["clicks"]] == [c["origin"] for c in first_a["clicks"]] + ["person"]
+    assert len(second_b["clicks"]) == 1 and np.array_equal(mask_b, mask_b2)
+    assert second_a["session"]["client_id"] == "reader-a" and second_b["session"]["client_id"] == "reader-b"
+    # reset_state starts the client's session again
+    _, reset = label_of(infer(server.url, OTHER, {**b, "foreground": [[200, 260]], "reset_state": True}))
+    assert reset["session"]["requests"] == 1
+
+
+@pytest.mark.parametrize("image, params, status, message", [
+    ("no_such_image", {"prompt": PROMPT}, 404, "unknown image"),
+    ("../../etc/passwd", {"prompt": PROMPT}, 404, "unknown image"),
+    (IMAGE, {"foreground": [[5000, 10]]}, 400, "outside the image"),
+    (IMAGE, {"foreground": [[10, 10, 3]]}, 400, "outside the image"),
+    (IMAGE, {}, 400, "give a prompt"),
+    (IMAGE, {"prompt": PROMPT, "max_turns": "many"}, 400, "max_turns"),
+    (IMAGE, {"prompt": PROMPT, "foreground": "here"}, 400, "foreground"),
+    (IMAGE, {"prompt": PROMPT, "policy": "nonsense"}, 400, "unknown policy"),
+    (IMAGE, {"prompt": PROMPT, "label": "../../x"}, 400, "label may hold"),
+    (IMAGE, {"foreground": [[1, 1]] * 500}, 413, "at most"),
+    (IMAGE, "{not json", 400, "not valid JSON"),
+])
+def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server, image, params, status, message):
+    answer = infer(server.url, image, params)
+    assert answer.status == status, answer.body[:300]
+    assert message in answer.json()["detail"]
+    assert get(server.url, "/info/").status == 200
+
+
+def test_a_saved_label_survives_a_restart(server):
+    mask, _ = label_of(infer(server.url, IMAGE, {"prompt": PROMPT, "label": "liver", "client_id": "saver"}))
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8)).save(buffer, format="PNG")
+    assert put_label(server.url, IMAGE, buffer.getvalue(), f"{IMAGE}.png").status == 200
+    server.stop()
+    server.start(900)
+    answer = get(server.url, f"/datastore/label?label={IMAGE}&tag=final")
+    assert answer.status == 200
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(answer.body))) > 0, mask)
+    assert "ibisagent" in get(server.url, "/info/").json()["models"]
+
+
+# ---------------------------------------------------------------------------------------------- a real PACS
+
+CT_SLICES = MED2D.parent / "dicom" / "dcmqi-ct-3slice"
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    """Debian's Orthanc with its DICOMweb plugin, on loopback, holding the dcmqi CT series."""
+    import json
+    import subprocess
+    import time
+    import urllib.request
+
+    executable, plugin = shutil.which("Orthanc"), "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+    if executable is None or not Path(plugin).is_file():
+        pytest.skip("Orthanc with its DICOMweb plugin is absent (apt-get install orthanc orthanc-dicomweb)")
+    if not CT_SLICES.is_dir():
+        pytest.skip(f"real DICOM absent: {CT_SLICES}")
+    folder = tmp_path_factory.mktemp("orthanc")
+    port = free_ports(1)[0]
+    config = {"Name": "ibisagent-test", "StorageDirectory": str(folder / "storage"),
+              "IndexDirectory": str(folder / "index"), "HttpPort": port, "DicomServerEnabled": False,
+              "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [plugin],
+              "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    process = subprocess.Popen([executable, str(folder / "orthanc.json")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/system", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        for path in sorted(CT_SLICES.glob("*.dcm")):
+            request = urllib.request.Request(f"{url}/instances", data=path.read_bytes(), method="POST",
+                                             headers={"Content-Type": "application/dicom"})
+            urllib.request.urlopen(request, timeout=30).read()
+        yield url
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+@pytest.fixture(scope="module")
+def pacs_server(label_env, orthanc, tmp_path_factory):
+    from ibisagent.label.server import LabelServer
+
+    server = LabelServer(f"{orthanc}/dicom-web", tmp_path_factory.mktemp("pacs-app"), port=free_ports(1)[0],
+                         label_env=label_env, log=lambda line: None)
+    server.start(900)
+    yield server
+    server.stop()
+
+
+def test_orthanc_round_trip_stores_our_seg_and_reads_it_back(pacs_server, orthanc, tmp_path):
+    """A series in Orthanc, segmented through MONAI Label, our SEG stored back (STOW) and read back (WADO)."""
+    import subprocess
+
+    import nrrd
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
+
+    from ibisagent.dicom.seg_writer import list_segments, read_segmentation, segment_mask
+    from ibisagent.dicom.series import read_series
+
+    series = read_series(CT_SLICES, slice_index=1)
+    params = {"prompt": PROMPT, "label": "liver", "slice": 1, "client_id": "pacs-reader", "store_seg": True}
+    first = infer(pacs_server.url, series.series_instance_uid, params)
+    assert first.status == 200, first.body[:300]
+    answer = infer(pacs_server.url, series.series_instance_uid, {**params, "foreground": [[256, 300, 1]]})
+    parts = answer.parts()
+    import json
+
+    result = json.loads(parts["params"])
+    assert result["encoded"] is False and result["seg"]["stored"] is True
+    assert result["algorithm_type"] == "SEMIAUTOMATIC"
+    (tmp_path / "label.nrrd").write_bytes(parts["image"])
+    label, header = nrrd.read(str(tmp_path / "label.nrrd"))
+    assert label.shape == (512, 512, 3) and header["space"] == "left-posterior-superior"
+    assert label[:, :, 1].any() and not label[:, :, 0].any()
+
+    client = DICOMwebClient(f"{orthanc}/dicom-web")
+    seg = client.retrieve_instance(str(series.source.StudyInstanceUID), result["seg"]["series_instance_uid"],
+                                   result["seg"]["sop_instance_uid"])
+    path = tmp_path / "seg.dcm"
+    pydicom.dcmwrite(path, seg, enforce_file_format=True)
+    stored = read_segmentation(path)
+    assert stored.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    assert list_segments(stored)[0].label == "liver" and "RecommendedDisplayCIELabValue" in stored.SegmentSequence[0]
+    mask = segment_mask(stored, str(series.source.SOPInstanceUID))
+    assert np.array_equal(mask, label[:, :, 1].T > 0)
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+    assert errors == [], errors
