@@ -94,8 +94,11 @@ class LabelImage:
             raise LabelImageError(f"a point is a list of numbers, got {point!r}"[:200])
         grid = self.grid
         values = [int(round(v)) for v in point]
-        if len(grid) == 2 and len(values) == 3 and values[2] == 0:
-            values = values[:2]  # a 2D image loaded as a one-slice volume
+        if len(grid) == 2 and len(values) == 3:  # a 2D image loaded as a one-slice volume
+            if values[2] != 0:
+                raise LabelImageError(f"point {list(point)} is outside the image of size {list(grid)} "
+                                      "(a 2D image: slice 0 only)")
+            values = values[:2]
         if len(values) != len(grid):
             raise LabelImageError(f"a point on this image has {len(grid)} coordinates, got {list(point)}")
         if not all(0 <= v < n for v, n in zip(values, grid)):
