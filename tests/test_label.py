@@ -208,7 +208,24 @@ def pacs_server(label_env, orthanc, tmp_path_factory):
     server.stop()
 
 
-def test_orthanc_round_trip_stores_our_seg_and_reads_it_back(pacs_server, orthanc, tmp_path):
+@pytest.fixture(scope="module")
+def pacs_result(pacs_server):
+    """The agent's pass on the middle slice of a series in Orthanc, then a person's click; the SEG stored back."""
+    import json
+
+    from ibisagent.dicom.series import read_series
+
+    series = read_series(CT_SLICES, slice_index=1)
+    params = {"prompt": PROMPT, "label": "liver", "slice": 1, "client_id": "pacs-reader", "store_seg": True}
+    first = infer(pacs_server.url, series.series_instance_uid, params)
+    assert first.status == 200, first.body[:300]
+    answer = infer(pacs_server.url, series.series_instance_uid, {**params, "foreground": [[256, 300, 1]]})
+    assert answer.status == 200, answer.body[:300]
+    parts = answer.parts()
+    return series, json.loads(parts["params"]), parts["image"]
+
+
+def test_orthanc_round_trip_stores_our_seg_and_reads_it_back(pacs_result, orthanc, tmp_path):
     """A series in Orthanc, segmented through MONAI Label, our SEG stored back (STOW) and read back (WADO)."""
     import subprocess
 
@@ -217,20 +234,11 @@ def test_orthanc_round_trip_stores_our_seg_and_reads_it_back(pacs_server, orthan
     from dicomweb_client.api import DICOMwebClient
 
     from ibisagent.dicom.seg_writer import list_segments, read_segmentation, segment_mask
-    from ibisagent.dicom.series import read_series
 
-    series = read_series(CT_SLICES, slice_index=1)
-    params = {"prompt": PROMPT, "label": "liver", "slice": 1, "client_id": "pacs-reader", "store_seg": True}
-    first = infer(pacs_server.url, series.series_instance_uid, params)
-    assert first.status == 200, first.body[:300]
-    answer = infer(pacs_server.url, series.series_instance_uid, {**params, "foreground": [[256, 300, 1]]})
-    parts = answer.parts()
-    import json
-
-    result = json.loads(parts["params"])
+    series, result, label_file = pacs_result
     assert result["encoded"] is False and result["seg"]["stored"] is True
     assert result["algorithm_type"] == "SEMIAUTOMATIC"
-    (tmp_path / "label.nrrd").write_bytes(parts["image"])
+    (tmp_path / "label.nrrd").write_bytes(label_file)
     label, header = nrrd.read(str(tmp_path / "label.nrrd"))
     assert label.shape == (512, 512, 3) and header["space"] == "left-posterior-superior"
     assert label[:, :, 1].any() and not label[:, :, 0].any()
@@ -248,3 +256,27 @@ def test_orthanc_round_trip_stores_our_seg_and_reads_it_back(pacs_server, orthan
     report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
     errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
     assert errors == [], errors
+
+
+def test_ohif_shows_our_seg_over_its_series(pacs_result, orthanc):
+    """OHIF (npm's prebuilt @ohif/app) on loopback against Orthanc, in headless Chromium: our SEG over the CT.
+
+    IBIS_OHIF_SCREENSHOT=docs/images/ohif_seg.png keeps the screenshot (the one in docs/monailabel.md).
+    """
+    import os
+
+    dist = REPO / ".ohif" / "package" / "dist"
+    if not (dist / "index.html").is_file():
+        pytest.skip(f"OHIF Viewer absent: {dist} (npm pack @ohif/app@3.13.2 into .ohif/, as .ci/run does)")
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium is absent (apt-get install chromium)")
+    pytest.importorskip("playwright", reason="playwright (test extra) drives Chromium")
+    from ohif_viewer import OhifServer, green_pixels, show_seg
+
+    series, result, _ = pacs_result
+    with OhifServer(dist, orthanc, free_ports(1)[0]) as ohif:
+        before, after, console = show_seg(ohif.url, str(series.source.StudyInstanceUID), "ibisagent segmentation")
+    assert any("SEG parse complete" in line for line in console), console[-10:]
+    assert green_pixels(after) > green_pixels(before) + 200  # the liver overlay in the SEG's colour
+    if os.environ.get("IBIS_OHIF_SCREENSHOT"):
+        Path(os.environ["IBIS_OHIF_SCREENSHOT"]).write_bytes(after)

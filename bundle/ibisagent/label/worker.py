@@ -147,8 +147,10 @@ def _answer(task, message: dict[str, Any], out_root: Path) -> dict[str, Any]:
         label, result = task.infer(message.get("image") or "", str(message.get("image_id") or ""),
                                    message.get("params") or {}, out_dir)
     except LabelRequestError as error:
+        shutil.rmtree(out_dir, ignore_errors=True)
         return {"ok": False, "status": error.status, "error": str(error)}
     except Exception as error:  # anything else is the server's fault: answered, logged, the worker goes on
+        shutil.rmtree(out_dir, ignore_errors=True)
         log.exception("the label task failed")
         return {"ok": False, "status": 500, "error": f"the agent failed: {type(error).__name__}"}
     # The label file goes beside the request folder: MONAI Label deletes the file once sent; the folder (the SEG
