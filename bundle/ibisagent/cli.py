@@ -598,7 +598,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--server", help="a Triton server (HOST:PORT, gRPC): compare it with the tool in process, "
                        "at several sessions at once")
     bench.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16], help="--server: sessions at once")
-    bench.add_argument("--clicks", type=int, default=5, help="--server: clicks per session; --label: clicks after the first")
+    bench.add_argument("--clicks", type=int, default=5,
+                       help="--server: clicks per session; --label: clicks after the first")
     bench.add_argument("--agent", action="append", choices=("lite", "lite-one-click"),
                        help="time the whole agent per image with this policy (repeatable), torch vs onnxruntime tool")
     bench.add_argument("--label", action="store_true", help="ms per click in a MONAI Label task session vs "
