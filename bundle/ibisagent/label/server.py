@@ -25,7 +25,7 @@ from .environment import LabelServerError, monailabel_python
 
 __all__ = ["LabelServer", "write_app_folder"]
 
-_MAIN_PY = '''"""MONAI Label loads this file; the app is ibisagent.label.app.IbisAgentApp (written by `ibis label-serve`)."""
+_MAIN_PY = '''"""MONAI Label loads this file: the app is ibisagent.label.app.IbisAgentApp (by `ibis label-serve`)."""
 
 from ibisagent.label.app import IbisAgentApp  # noqa: F401
 '''
@@ -69,7 +69,8 @@ class LabelServer:
 
     def command(self) -> list[str]:
         conf = [arg for key, value in self.conf.items() for arg in ("--conf", key, str(value))]
-        return [str(self.python), "-m", "monailabel.main", "start_server", "--app", str(self.app_dir), "--studies", self.studies,
+        return [str(self.python), "-m", "monailabel.main", "start_server", "--app", str(self.app_dir),
+                "--studies", self.studies,
                 "--host", self.host, "--port", str(self.port), "--uvicorn_app", "ibisagent.label.asgi:app", *conf]
 
     def _environment(self) -> dict[str, str]:

@@ -368,5 +368,6 @@ class AgentLabelTask:
             raise LabelRequestError(f"the SEG could not be written: {error}", 422) from None
         result["seg"] = {"sop_instance_uid": written.sop_instance_uid,
                          "series_instance_uid": written.series_instance_uid,
-                         "codes": [f"{c.type.scheme_designator} {c.type.value} {c.type.meaning}" for c in written.codes]}
+                         "codes": [f"{c.type.scheme_designator} {c.type.value} {c.type.meaning}"
+                                   for c in written.codes]}
         return written.path
