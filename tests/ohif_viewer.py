@@ -97,14 +97,19 @@ def show_seg(url: str, study: str, seg_description: str, timeout_s: float = 180)
             page.goto(f"{url}/viewer?StudyInstanceUIDs={study}", timeout=timeout_s * 1000)
             thumbnail = page.get_by_text(seg_description).first
             thumbnail.wait_for(timeout=timeout_s * 1000)
-            for button in ("Skip all", "Confirm and hide"):  # the first-visit tour and notice
-                try:
-                    page.get_by_text(button).click(timeout=5000)
-                except Exception:  # absent in some versions: nothing to close
-                    pass
             time.sleep(3)
             before = page.screenshot()
-            thumbnail.dblclick()
+            for _ in range(10):  # the first-visit tour and notice may appear late and cover the page
+                for button in ("Skip all", "Confirm and hide"):
+                    try:
+                        page.get_by_text(button).click(timeout=2000)
+                    except Exception:  # not shown (yet): nothing to close
+                        pass
+                try:
+                    thumbnail.dblclick(timeout=10000)
+                    break
+                except Exception:  # covered: close what covers it and try again
+                    page.keyboard.press("Escape")
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and not any("SEG parse complete" in line for line in console):
                 time.sleep(1)
