@@ -153,6 +153,35 @@ def _segment_dicom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    """The MONAI Deploy application on a study folder: a DICOM-SEG and a DICOM SR (docs/deploy.md)."""
+    import os
+
+    from .deploy import load_rules, load_targets
+    from .deploy.app import check_folders, run_deploy
+    from .deploy.provenance import algorithm_parameters
+    from .policies import build_policy
+    from .prompting import load_prompts
+    from .tools.factory import build_tool, parse_tool_spec
+
+    input_dir = args.input or os.environ.get("HOLOSCAN_INPUT_PATH")
+    output_dir = args.output or os.environ.get("HOLOSCAN_OUTPUT_PATH")
+    if not input_dir or not output_dir:
+        raise CommandError("give -i INPUT and -o OUTPUT (or set HOLOSCAN_INPUT_PATH and HOLOSCAN_OUTPUT_PATH)")
+    targets, rules = load_targets(args.targets), load_rules(args.rules)  # checked before any model loads
+    tool_config = parse_tool_spec(args.tool)
+    check_folders(input_dir, output_dir)
+    prompts = load_prompts(args.prompts)
+    policy = build_policy(args.policy, **_policy_options(args, None))
+    tool = build_tool(tool_config)
+    rules_name = f"the rules in {Path(args.rules).name}" if args.rules else "the default rules (rules.json)"
+    written = run_deploy(input_dir, output_dir, targets, rules, tool, policy, prompts=prompts,
+                         max_turns=args.max_turns, rules_name=rules_name,
+                         algorithm_parameters=algorithm_parameters(args.tool, args.policy, policy))
+    print(f"wrote {', '.join(str(path) for path in written)}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     """The README's main job: the shipped abdominal MR, the liver, the default policy and tool."""
     from pydicom.data import get_testdata_file
@@ -471,6 +500,14 @@ def _parser() -> argparse.ArgumentParser:
     dicom.add_argument("--series-uid", help="pick one series when the folder holds several")
     _add_run_options(dicom, "lite")
     dicom.set_defaults(handler=_segment_dicom)
+
+    deploy = commands.add_parser("deploy", help="the MONAI Deploy app: a DICOM study folder -> DICOM-SEG + DICOM SR")
+    deploy.add_argument("-i", "--input", help="the study folder (default $HOLOSCAN_INPUT_PATH)")
+    deploy.add_argument("-o", "--output", help="the output folder (default $HOLOSCAN_OUTPUT_PATH)")
+    deploy.add_argument("--targets", help="YAML: targets: [{label, query}, ...] (default: the packaged targets.yaml)")
+    deploy.add_argument("--rules", help="series selection rules, the SDK's JSON (default: the packaged rules.json)")
+    _add_run_options(deploy, "lite")
+    deploy.set_defaults(handler=_deploy)
 
     demo = commands.add_parser("demo", help="the main job on pydicom's shipped abdominal MR")
     demo.add_argument("--out", default="demo_out")

@@ -10,7 +10,7 @@ caller's datasets are never modified.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,12 +78,13 @@ def _as_masks(masks: np.ndarray | Sequence[np.ndarray], shape: tuple[int, int]) 
     return stack
 
 
-def _description(number: int, label: str, code: SegmentCode, human_clicked: bool) -> SegmentDescription:
+def _description(number: int, label: str, code: SegmentCode, human_clicked: bool,
+                 parameters: Mapping[str, str] | None = None) -> SegmentDescription:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     algorithm = hd.AlgorithmIdentificationSequence(name="ibisagent", family=codes.cid7162.ArtificialIntelligence,
-                                                   version=__version__)
+                                                   version=__version__, parameters=dict(parameters) if parameters else None)
     kinds = hd.seg.SegmentAlgorithmTypeValues
     kind = kinds.SEMIAUTOMATIC if human_clicked else kinds.AUTOMATIC
     colour = hd.color.CIELabColor.from_rgb(*_COLOURS[(number - 1) % len(_COLOURS)])
@@ -102,13 +103,16 @@ def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray 
                        labels: str | Sequence[str], *, frame_index: int | None = None, human_clicked: bool = False,
                        trajectory: dict | None = None, content_creator: str = "ibisagent^",
                        series_description: str = "ibisagent segmentation", series_number: int | None = None,
-                       device_serial_number: str = "1") -> WrittenSeg:
+                       device_serial_number: str = "1",
+                       algorithm_parameters: Mapping[str, str] | None = None) -> WrittenSeg:
     """One BINARY SEG for one source slice: a segment per (mask, label), coded by `code_for_label`.
 
     `source` is the dataset of the slice the masks were drawn on (`DicomSeries.source`);
     `frame_index` (0-based) selects the frame of a multi-frame source. An all-empty
     mask is written as an explicit empty frame (a valid "found nothing"). With
     `trajectory`, a side-car `<name>.json` is written next to the SEG.
+    `algorithm_parameters` (e.g. the weights' sha256) go into each segment's
+    Algorithm Identification.
     """
     import highdicom as hd
 
@@ -140,7 +144,7 @@ def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray 
     header, repaired = source_header(source)
     for note in repaired:
         log.info("source header repaired for the SEG: %s", note)
-    descriptions = [_description(i + 1, name, code, human_clicked)
+    descriptions = [_description(i + 1, name, code, human_clicked, algorithm_parameters)
                     for i, (name, code) in enumerate(zip(names, codes_used, strict=True))]
     if series_number is None:
         try:

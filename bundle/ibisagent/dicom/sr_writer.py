@@ -1,0 +1,168 @@
+"""A DICOM SR (TID 1500 Measurement Report, Comprehensive 3D SR) for the agent's segments.
+
+One measurement group (TID 1411, volumetric ROI) per SEG segment: it
+references the segment and the source series, carries the segment's codes
+as the finding, its volume in ml, and, as TEXT items, what was asked, the
+agent's reasoning and how its run ended. highdicom's qualitative
+evaluations take coded answers only; TID 1411 also allows coded questions
+with text answers, which is what the agent's free text is. Those questions
+use the private coding scheme `99IBISAGENT` (declared in the SR), because
+no standard concept means "the agent's reasoning". The report is marked
+PRELIMINARY and UNVERIFIED: an algorithm wrote it and nobody has signed it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from .. import __version__
+from .derived import DerivedObjectError, build_without_phi, source_header, write_atomic
+from .withheld import values_withheld
+
+__all__ = ["AGENT_SCHEME", "ReportWriteError", "TargetFinding", "build_report", "read_report", "write_report"]
+
+log = logging.getLogger(__name__)
+
+AGENT_SCHEME = "99IBISAGENT"
+_TEXT_CONCEPTS = {  # field of TargetFinding -> (code value, code meaning) in AGENT_SCHEME
+    "query": ("IBIS001", "Clinician request"),
+    "reasoning": ("IBIS002", "Agent reasoning"),
+    "status": ("IBIS003", "Agent run status"),
+    "extent": ("IBIS004", "Segmented extent"),
+}
+
+
+class ReportWriteError(DerivedObjectError):
+    """Findings or a SEG that cannot become a valid TID 1500 report."""
+
+
+@dataclass(frozen=True)
+class TargetFinding:
+    """What the report says about one SEG segment."""
+
+    segment_number: int
+    query: str  # what the clinician asked for
+    reasoning: str  # the agent's own words (its <think> texts), as it gave them
+    status: str  # how the run ended: "terminated", "max_turns", ...
+    volume_ml: float
+    extent: str = ""  # which part of the series holds the segment, e.g. "slices 3-17 of 28"
+
+
+def _concept(field: str):
+    import highdicom as hd
+
+    value, meaning = _TEXT_CONCEPTS[field]
+    return hd.sr.CodedConcept(value, AGENT_SCHEME, meaning)
+
+
+def _device_uid() -> str:
+    """One Device Observer UID per ibisagent version: the same software is the same observer."""
+    return generate_uid(entropy_srcs=["ibisagent", __version__])
+
+
+def _group(seg: Dataset, finding: TargetFinding, parameters: Mapping[str, str]):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    segments = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
+    if finding.segment_number not in segments:
+        raise ReportWriteError(f"no segment {finding.segment_number} in the SEG; it has {sorted(segments)}")
+    if not finding.volume_ml >= 0:
+        raise ReportWriteError(f"segment {finding.segment_number}: volume {finding.volume_ml!r} ml is not a volume")
+    item = segments[finding.segment_number]
+    label = str(item.SegmentLabel)
+    finding_type = hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyTypeCodeSequence[0])
+    category = hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyCategoryCodeSequence[0])
+    algorithm = hd.sr.AlgorithmIdentification("ibisagent", __version__,
+                                             parameters=[f"{k}={v}" for k, v in parameters.items()] or None)
+    volume = hd.sr.Measurement(name=codes.SCT.Volume, value=float(finding.volume_ml),
+                               unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter"), algorithm_id=algorithm)
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=str(item.TrackingUID) if "TrackingUID" in item else None,
+                                                     identifier=f"{label} #{finding.segment_number}"[:64]),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, finding.segment_number),
+        finding_type=finding_type, finding_category=category, algorithm_id=algorithm, measurements=[volume])
+    container = group[0]
+    for field in ("query", "reasoning", "status", "extent"):
+        text = str(getattr(finding, field) or "").strip()
+        if text:
+            container.ContentSequence.append(hd.sr.TextContentItem(_concept(field), text, "CONTAINS"))
+    return group
+
+
+def build_report(seg: Dataset, source_images: Sequence[Dataset], findings: Sequence[TargetFinding], *,
+                 algorithm_parameters: Mapping[str, str] | None = None, series_number: int | None = None,
+                 series_description: str = "ibisagent report") -> Dataset:
+    """The Comprehensive 3D SR for `seg` (a SEG made from `source_images`), one group per finding.
+
+    `algorithm_parameters` go into every Algorithm Identification (e.g. the
+    weights' sha256), so a reader can tell which models made the numbers.
+    Nothing is written; `write_report` does that.
+    """
+    import highdicom as hd
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+    from pydicom.sr.codedict import codes
+
+    if not findings:
+        raise ReportWriteError("a report needs at least one finding")
+    if not source_images:
+        raise ReportWriteError("a report needs the source images its SEG was made from")
+    numbers = [f.segment_number for f in findings]
+    if len(set(numbers)) != len(numbers):
+        raise ReportWriteError(f"segment numbers repeat: {numbers}")
+    headers = []
+    for source in source_images:
+        header, repaired = source_header(source)
+        for note in repaired:
+            log.info("source header repaired for the SR: %s", note)
+        headers.append(header)
+    groups = [_group(seg, finding, algorithm_parameters or {}) for finding in findings]
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=_device_uid(), name="ibisagent", manufacturer_name="ibisagent", model_name="ibisagent"))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups)
+    if series_number is None:
+        try:
+            series_number = 2000 + int(source_images[0].get("SeriesNumber") or 0)
+        except (TypeError, ValueError):
+            series_number = 2000
+    scheme = CodingSchemeIdentificationItem(AGENT_SCHEME, name="ibisagent agent concepts", version=__version__,
+                                            responsible_organization="ibisagent")
+
+    def build() -> Dataset:
+        return hd.sr.Comprehensive3DSR(
+            evidence=[seg, *headers], content=report[0], series_instance_uid=hd.UID(), series_number=series_number,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="ibisagent", is_complete=True,
+            is_final=False, is_verified=False, series_description=series_description[:64],
+            manufacturer_model_name="ibisagent", software_versions=__version__, coding_schemes=[scheme])
+
+    return build_without_phi(build, source_images[0], "report", ReportWriteError)
+
+
+def write_report(path: str | Path, report: Dataset) -> Path:
+    """Write the SR atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    write_atomic(path, lambda stream: pydicom.dcmwrite(stream, report, enforce_file_format=True))
+    log.info("wrote SR %s", path.name)
+    return path
+
+
+def read_report(path: str | Path):
+    """The SR as a highdicom Comprehensive3DSR (raises ReportWriteError for other files)."""
+    import highdicom as hd
+
+    try:
+        with values_withheld():
+            return hd.sr.srread(str(path))
+    except Exception as error:  # foreign files fail in many ways
+        raise ReportWriteError(f"{Path(path).name}: not a readable DICOM SR ({type(error).__name__})") from None

@@ -1,0 +1,243 @@
+"""The MONAI Deploy application on real series of ../shared/data/dicom: a DICOM-SEG and a TID 1500 SR.
+
+The SDK's own loader and selector run (monai-deploy-app-sdk on holoscan, on
+the CPU); the agent is the embedded default (IBIS-lite + LiteMedSAM). Every
+DICOM object written is checked by dciodvfy (0 errors) and read back with
+highdicom. Bad inputs must end with a clear error and no DICOM file written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import Comprehensive3DSRStorage
+
+from conftest import SHARED_DATA
+
+DICOM = SHARED_DATA / "dicom"
+HEAD_RULES = ('{"selections": [{"name": "Head CT", "conditions": {"Modality": "(?i)^CT$", '
+              '"SeriesDescription": "(?i)brain"}}]}')
+MR_RULES = '{"selections": [{"name": "MR", "conditions": {"Modality": "(?i)^MR$"}}]}'
+TARGETS = "targets:\n  - label: brain\n    query: Segment the brain.\n  - label: skull\n    query: Segment the skull.\n"
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix == ".dcm")
+
+
+@pytest.fixture(scope="module")
+def dciodvfy() -> str:
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
+    return tool
+
+
+def dciodvfy_errors(tool: str, path: Path) -> list[str]:
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """One input folder holding two real CT series: dcmqi's 3 abdominal slices and the 28-slice Philips head CT."""
+    sources = {"ct3": DICOM / "dcmqi-ct-3slice", "head": DICOM / "philips-head-ct"}
+    missing = [str(path) for path in sources.values() if not path.is_dir()]
+    if missing:
+        pytest.skip(f"real DICOM series absent: {', '.join(missing)} (../shared/data is provided beside the repo)")
+    root = tmp_path_factory.mktemp("study")
+    for name, source in sources.items():
+        shutil.copytree(source, root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sdk():
+    return pytest.importorskip("monai.deploy.core",
+                               reason="monai-deploy-app-sdk not installed (pip install -e .[deploy])")
+
+
+@pytest.fixture(scope="module")
+def agent_parts(lite_tool):
+    from ibisagent.policies import build_policy
+
+    return lite_tool, build_policy("lite")
+
+
+def _run(sdk, study, out, agent_parts, rules=HEAD_RULES, policy=None, targets=TARGETS, tmp=None):
+    from ibisagent.deploy.app import run_deploy
+    from ibisagent.deploy.config import load_targets
+    from ibisagent.deploy.provenance import algorithm_parameters
+
+    targets_file = Path(tmp or out.parent) / "targets.yaml"
+    targets_file.write_text(targets)
+    tool, default_policy = agent_parts
+    policy = policy or default_policy
+    return run_deploy(study, out, load_targets(targets_file), rules, tool, policy, rules_name="the test rules",
+                      algorithm_parameters=algorithm_parameters("lite-medsam", "lite", policy))
+
+
+# ----------------------------------------------------------------------------- the application, in process
+
+@pytest.fixture(scope="module")
+def deployed(sdk, study, agent_parts, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("deployed") / "out"
+    written = _run(sdk, study, out, agent_parts)
+    assert [p.name for p in written] == ["seg.dcm", "sr.dcm", "run.json"]
+    return out
+
+
+def test_seg_and_sr_are_valid_dicom(deployed, dciodvfy):
+    assert dciodvfy_errors(dciodvfy, deployed / "seg.dcm") == []
+    assert dciodvfy_errors(dciodvfy, deployed / "sr.dcm") == []
+
+
+def test_the_selector_picked_the_head_series_and_the_seg_maps_onto_its_instances(deployed, study):
+    import highdicom as hd
+
+    from ibisagent.dicom import list_segments, read_series, segment_mask
+
+    head = read_series(study / "head", slice_index=0)
+    seg = hd.seg.segread(str(deployed / "seg.dcm"))
+    referenced = {uids[2] for uids in seg.get_source_image_uids()}
+    head_uids = {str(d.SOPInstanceUID) for d in head.datasets}
+    assert referenced and referenced <= head_uids  # the head series, none of the abdominal slices
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == head.series_instance_uid
+    assert [s.label for s in list_segments(seg)] == ["brain", "skull"]
+    for item in seg.SegmentSequence:
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+        assert len(item.RecommendedDisplayCIELabValue) == 3
+        algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmVersion
+        assert "lite_policy.pt sha256:" in algorithm.AlgorithmParameters
+        assert "lite_medsam_click_decoder.pt sha256:" in algorithm.AlgorithmParameters
+    record = json.loads((deployed / "run.json").read_text())
+    key = read_series(study / "head", slice_index=record["key_slice"])
+    for number, target in enumerate(record["targets"], 1):
+        mask = segment_mask(seg, key.sop_instance_uid, number)
+        assert mask.shape == key.source.pixel_array.shape
+        assert int(mask.sum()) == target["final_mask_area"]  # the agent's mask, on its source instance
+
+
+def test_the_report_holds_volume_reasoning_and_status_and_references_the_seg(deployed, study):
+    from ibisagent.dicom import read_series
+    from ibisagent.dicom.sr_writer import read_report
+
+    seg = pydicom.dcmread(deployed / "seg.dcm")
+    sr = read_report(deployed / "sr.dcm")
+    assert sr.SOPClassUID == Comprehensive3DSRStorage
+    assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+    record = json.loads((deployed / "run.json").read_text())
+    head = read_series(study / "head", slice_index=record["key_slice"])
+    voxel_ml = head.geometry.pixel_spacing[0] * head.geometry.pixel_spacing[1] * head.geometry.slice_spacing / 1000
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 2
+    head_uids = {str(d.SOPInstanceUID) for d in head.datasets}
+    for number, (group, target) in enumerate(zip(groups, record["targets"], strict=True), 1):
+        reference = group.referenced_segment
+        assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert reference.referenced_segment_numbers == [number]
+        sources = {image.referenced_sop_instance_uid for image in reference.source_images_for_segmentation}
+        assert sources and sources <= head_uids
+        (volume,) = group.get_measurements()
+        assert volume.unit.value == "ml"
+        assert volume.value == pytest.approx(target["final_mask_area"] * voxel_ml, abs=1e-3)
+        texts = {item.ConceptNameCodeSequence[0].CodeMeaning: str(item.TextValue)
+                 for item in group[0].ContentSequence if item.ValueType == "TEXT"}
+        thinks = [turn["think"] for turn in target["turns"] if turn["think"]]
+        assert thinks and all(think.strip() in texts["Agent reasoning"] for think in thinks)
+        assert texts["Agent run status"] == target["status"]
+        assert texts["Clinician request"] == target["query"]
+    evidence = {item.SeriesInstanceUID for study_item in sr.CurrentRequestedProcedureEvidenceSequence
+                for item in study_item.ReferencedSeriesSequence}
+    assert evidence == {seg.SeriesInstanceUID, head.series_instance_uid}
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_no_matching_series_is_a_clear_error_and_writes_nothing(sdk, study, agent_parts, tmp_path):
+    from ibisagent.deploy import DeployError
+
+    out = tmp_path / "out"
+    with pytest.raises(DeployError, match=r"no series in the input matches the test rules; the input holds: "
+                                          r".*'STD BRAIN 5MM' CT: 28 object\(s\)"):
+        _run(sdk, study, out, agent_parts, rules=MR_RULES)
+    assert list(out.iterdir()) == []
+
+
+def test_a_run_the_agent_fails_writes_nothing(sdk, study, agent_parts, tmp_path):
+    from ibisagent.deploy import DeployError
+    from ibisagent.policies import build_policy
+
+    out = tmp_path / "out"
+    garbage = build_policy("scripted", responses=["I would rather not."] * 10)
+    with pytest.raises(DeployError, match="target 'brain': the agent's run ended with invalid_output"):
+        _run(sdk, study, out, agent_parts, policy=garbage)
+    assert list(out.iterdir()) == []
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """A folder nobody can write into, root included (immutable where we are root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a read-only folder for root here (chattr +i failed)")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o755)
+
+
+def test_a_read_only_output_folder_is_refused_before_any_model_runs(study, tmp_path):
+    from ibisagent.deploy import DeployError
+    from ibisagent.deploy.app import check_folders
+
+    with read_only(tmp_path / "out") as out:
+        with pytest.raises(DeployError, match=r"cannot write to the output folder .*out: (Permission denied|"
+                                              r"Operation not permitted)"):
+            check_folders(study, out)
+        assert list(out.iterdir()) == []
+
+
+def test_cli_reports_a_bad_study_in_one_line_and_exits_non_zero(study, tmp_path):
+    rules = tmp_path / "rules.json"
+    rules.write_text(MR_RULES)
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "ibisagent.deploy", "-i", str(study), "-o", str(out), "--rules",
+                          str(rules)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "ibis: error: no series in the input matches the rules in rules.json; the input holds:" in run.stderr
+    assert _dicom_files(out) == [] and not any(out.iterdir())
+
+
+def test_bad_targets_and_rules_files_are_named(tmp_path):
+    from ibisagent.deploy import DeployConfigError, load_rules, load_targets
+
+    bad = tmp_path / "targets.yaml"
+    bad.write_text("targets:\n  - label: liver\n")
+    with pytest.raises(DeployConfigError, match="entry 1: expected exactly 'label' and 'query'"):
+        load_targets(bad)
+    bad.write_text("targets:\n  - {label: liver, query: a}\n  - {label: Liver, query: b}\n")
+    with pytest.raises(DeployConfigError, match="liver appear more than once"):
+        load_targets(bad)
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"selections": []}')
+    with pytest.raises(DeployConfigError, match="expected"):
+        load_rules(rules)
+    assert [t.label for t in load_targets()] == ["liver"]  # the packaged defaults read
+    assert "selections" in load_rules()
