@@ -16,7 +16,7 @@ import numpy as np
 
 from .imaging.overlay import overlay_mask
 from .policies.base import Message, Observation, Policy
-from .prompting import PromptSet, load_prompts
+from .prompting import PromptSet, clean_query, load_prompts
 from .protocol import Action, ActionKind, parse_response
 from .tools.base import Click, ImageEmbedding, SegmentationTool
 
@@ -125,8 +125,7 @@ class Agent:
         Pass `start` to continue from earlier clicks (up to `max_turns` more
         turns); the result's clicks then begin with `start.clicks`.
         """
-        if not query or not query.strip():
-            raise ValueError("the query is empty")
+        query = clean_query(query)  # ValueError for what no request may hold (markup, control characters, length)
         if start is not None and start.mask.shape != image.shape[:2]:
             raise ValueError(f"the start mask is {start.mask.shape}, the image {image.shape[:2]}")
         mask = np.zeros(image.shape[:2], bool) if start is None else np.asarray(start.mask, bool).copy()

@@ -79,11 +79,10 @@ def _segment(args: argparse.Namespace) -> int:
     from .metrics import iou
     from .outputs import check_output_dir, write_run
     from .policies import build_policy
-    from .prompting import load_prompts
+    from .prompting import clean_query, load_prompts
     from .tools.factory import build_tool, parse_tool_spec
 
-    if not args.query or not args.query.strip():
-        raise CommandError("the query is empty")
+    clean_query(args.query)  # refused before any model loads
     tool_config = parse_tool_spec(args.tool)  # cheap checks before any model loads
     check_output_dir(args.out)
     loaded = read_image(args.image, args.slice, args.window)
@@ -125,11 +124,10 @@ def _segment_dicom(args: argparse.Namespace) -> int:
     from .imaging.io import read_mask
     from .outputs import check_output_dir
     from .policies import build_policy
-    from .prompting import load_prompts
+    from .prompting import clean_query, load_prompts
     from .tools.factory import build_tool, parse_tool_spec
 
-    if not args.query or not args.query.strip():
-        raise CommandError("the query is empty")
+    clean_query(args.query)  # refused before any model loads
     tool_config = parse_tool_spec(args.tool)
     check_output_dir(args.out)
     series = read_series(args.series_dir, args.slice, args.series_uid, args.window)  # input errors before models load

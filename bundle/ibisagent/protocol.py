@@ -23,6 +23,7 @@ __all__ = [
     "format_response",
     "parse_action",
     "parse_response",
+    "protocol_tag",
 ]
 
 TAGS = ("think", "action", "answer")
@@ -114,18 +115,32 @@ class ParsedResponse:
         return tuple(issue for issue in self.issues if issue.fatal)
 
 
+def protocol_tag(text: str) -> str | None:
+    """The first protocol tag (`<think>`, `</action>`, ...) in a text, or None."""
+    found = _ANY_TAG.search(text)
+    return found.group(0) if found else None
+
+
 def format_response(action: Action, think: str, answer: str | None = None) -> str:
-    """Render a response in the strict format. An answer is only allowed with Terminate."""
+    """Render a response in the strict format. An answer is only allowed with Terminate; a tag inside the
+    think or answer text would change what readers see, so it is refused."""
     if not think.strip():
         raise ProtocolError(Issue("empty_think", "the <think> text is empty"))
     if answer is not None and action.kind is not ActionKind.TERMINATE:
         raise ProtocolError(Issue("answer_without_terminate", "<answer> is only allowed with Terminate"))
+    if answer is not None and not answer.strip():
+        raise ProtocolError(Issue("empty_answer", "the <answer> text is empty (pass None for no answer)"))
+    for name, text in (("think", think), ("answer", answer or "")):
+        tag = protocol_tag(text)
+        if tag is not None:
+            raise ProtocolError(Issue("tag_in_text", f"the {name} text contains the tag {tag!r}"))
     text = f"<think>{think.strip()}</think>\n<action>{action.to_text()}</action>"
     if answer is not None:
         text += f"\n<answer>{answer.strip()}</answer>"
     return text
 
 
+_ANY_TAG = re.compile(r"</?(?:think|action|answer)>", re.IGNORECASE)
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)"
 _CLICK = re.compile(
     rf"^\s*(positive|negative)\s+point\s*\(\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\)\s*\.?\s*$", re.IGNORECASE
@@ -248,9 +263,9 @@ def check_strict(text: str) -> list[Issue]:
         return [Issue("empty", "the response is empty")]
     issues: list[Issue] = []
     for tag in TAGS:
-        count = len(re.findall(rf"<{tag}>", text))
+        count = max(len(re.findall(rf"<{tag}>", text)), len(re.findall(rf"</{tag}>", text)))
         if count > 1:
-            issues.append(Issue(f"repeated_{tag}", f"<{tag}> appears {count} times"))
+            issues.append(Issue(f"repeated_{tag}", f"<{tag}> or </{tag}> appears {count} times"))
     match = _STRICT_RESPONSE.match(text.strip())
     if match is None:
         issues.append(Issue("layout", "expected <think>...</think><action>...</action>[<answer>...</answer>] and nothing else"))
