@@ -153,6 +153,37 @@ def test_segment_dicom_writes_a_valid_seg(tmp_path):
     assert int(mask.sum()) == trajectory["final_mask_area"] > 0
 
 
+@pytest.mark.parametrize("query, label, how, code_type", [
+    ("Segment the liver.", "liver", "named in the query", "Liver"),
+    ("Which organ produces bile? Segment it.", "liver", "query encoder", "Liver"),
+    ("Segment the thyroid gland.", "target", "no match", "Tissue"),
+])
+def test_segment_dicom_takes_the_label_from_the_query(tmp_path, query, label, how, code_type):
+    """No --label: the segment is named and coded from the query; one plain line says how, no raw warning."""
+    from conftest import SHARED_DATA
+    from ibisagent.dicom.seg_writer import list_segments
+
+    series = SHARED_DATA / "dicom" / "dcmqi-ct-3slice"
+    if not series.is_dir():
+        pytest.skip(f"real DICOM absent: {series}")
+    responses = tmp_path / "answers.txt"
+    responses.write_text("<think>here</think><action>Positive Point (0.3000, 0.4500)</action>\n"
+                         "<think>done</think><action>Terminate</action>\n")
+    out = tmp_path / "out"
+    done = ibis("segment-dicom", series, "--slice", "1", "--query", query, "--policy", "scripted",
+                "--responses", responses, "--out", out)
+    assert done.returncode == 0, done.stderr
+    sidecar = json.loads((out / "seg.json").read_text())
+    assert sidecar["trajectory"]["label"] == label and sidecar["trajectory"]["label_choice"]["how"] == how
+    segment = sidecar["segments"][0]
+    assert (segment["label"], segment["type"]) == (label, code_type)
+    assert "Warning" not in done.stderr and str(REPO) not in done.stderr, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "segment label" in line]
+    assert len(lines) == 1 and (f"'{label}'" in lines[0] or how == "no match"), done.stdout
+    written = list_segments(out / "seg.dcm")[0]
+    assert (written.label, written.type) == (label, code_type)
+
+
 def test_segment_dicom_refuses_a_folder_without_dicom(tmp_path):
     (tmp_path / "series").mkdir()
     (tmp_path / "series" / "notes.txt").write_text("not dicom")

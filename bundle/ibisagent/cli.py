@@ -118,12 +118,24 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_line(choice, code) -> str:
+    """How the segment is labelled and coded, in one line."""
+    if not code.known:
+        return (f"{choice.describe()}; the segment {choice.segment_label!r} gets the generic code Tissue "
+                "(--label with a known target gives a precise one)")
+    side = f" ({code.modifier.meaning})" if code.modifier else ""
+    return f"{choice.describe()}, coded {code.type.meaning}{side}"
+
+
 def _segment_dicom(args: argparse.Namespace) -> int:
+    from .dicom.codes import UnknownLabelWarning, code_for_label
     from .dicom.pipeline import segment_dicom
     from .dicom.series import read_series
     from .imaging.io import read_mask
+    from .labels import choose_label
     from .outputs import check_output_dir
     from .policies import build_policy
+    from .policies.query_encoder import shared_query_encoder
     from .prompting import clean_query, load_prompts
     from .tools.factory import build_tool, parse_tool_spec
 
@@ -139,9 +151,14 @@ def _segment_dicom(args: argparse.Namespace) -> int:
           flush=True)
     if series.display_note:
         print(series.display_note, flush=True)
-    run = segment_dicom(args.series_dir, args.query, args.out, tool, policy, label=args.label, prompts=prompts,
-                        max_turns=args.max_turns, series=series, on_turn=_print_turn, tool_name=tool.name,
-                        policy_name=args.policy)
+    choice = choose_label(args.label, args.query, shared_query_encoder)
+    with warnings.catch_warnings():  # the line below says it once, in words
+        warnings.simplefilter("ignore", UnknownLabelWarning)
+        code = code_for_label(choice.segment_label)
+        print(_label_line(choice, code), flush=True)
+        run = segment_dicom(args.series_dir, args.query, args.out, tool, policy, label=choice, prompts=prompts,
+                            max_turns=args.max_turns, series=series, on_turn=_print_turn, tool_name=tool.name,
+                            policy_name=args.policy)
     if not run.completed:
         result = run.result
         raise CommandError(f"run ended with {result.status.value}: {result.error or 'the policy gave no usable answer'}; "
@@ -494,7 +511,8 @@ def _parser() -> argparse.ArgumentParser:
     dicom = commands.add_parser("segment-dicom", help="segment one slice of a DICOM series; write a DICOM-SEG")
     dicom.add_argument("series_dir", help="a folder holding one DICOM series (or choose one with --series-uid)")
     _add_input_options(dicom, "slice index (0 = lowest along the slice normal)")
-    dicom.add_argument("--label", help="the target's label for the SEG's codes, e.g. liver (default: generic 'target')")
+    dicom.add_argument("--label", help="the target's label for the SEG's codes, e.g. liver (default: the target the "
+                       "query names or describes, else 'target' with the generic code)")
     dicom.add_argument("--series-uid", help="pick one series when the folder holds several")
     _add_run_options(dicom, "lite")
     dicom.set_defaults(handler=_segment_dicom)

@@ -11,7 +11,7 @@ layout, `{"testing": [items]}`. Item fields:
   steers the oracle policy, and any other policy's answer is scored against it
   (`reference_iou`).
 - `slice`, `window`: which slice and display window (as `ibis segment`).
-- `target`: DICOM series only, the segment's label for its codes;
+- `target`: DICOM series only, the segment's label for its codes (default: from the query, `labels.py`);
   `series_uid` picks one series in a folder holding several.
 
 Relative paths are relative to the datalist file. Each item gets the folder

@@ -18,7 +18,8 @@ from typing import NamedTuple
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-__all__ = ["SegmentCode", "UnknownLabelWarning", "code_for_label", "known_labels", "normalise_label"]
+__all__ = ["SegmentCode", "UnknownLabelWarning", "code_for_label", "known_labels", "label_spellings",
+           "normalise_label"]
 
 
 class UnknownLabelWarning(UserWarning):
@@ -49,6 +50,7 @@ def _sided(name: str, category: Code, type_: Code) -> dict[str, tuple[Code, Code
 _TABLE: dict[str, tuple[Code, Code, Code | None]] = {
     "liver": (_ANATOMY, _TYPES.Liver, None),
     "spleen": (_ANATOMY, _TYPES.Spleen, None),
+    "kidney": (_ANATOMY, _TYPES.Kidney, None),
     **_sided("kidney", _ANATOMY, _TYPES.Kidney),
     "gallbladder": (_ANATOMY, _TYPES.Gallbladder, None),
     "esophagus": (_ANATOMY, _TYPES.Esophagus, None),
@@ -60,6 +62,7 @@ _TABLE: dict[str, tuple[Code, Code, Code | None]] = {
     "portal vein": (_ANATOMY, _TYPES.PortalVein, None),
     "splenic vein": (_ANATOMY, _TYPES.SplenicVein, None),
     "pancreas": (_ANATOMY, _TYPES.Pancreas, None),
+    "adrenal gland": (_ANATOMY, _TYPES.AdrenalGland, None),
     **_sided("adrenal gland", _ANATOMY, _TYPES.AdrenalGland),
     # Polyps and skin lesions are not all neoplasms: "Lesion" (CID 7159) is true for every one.
     "polyp": (_ABNORMAL, codes.cid7159.Lesion, None),
@@ -103,6 +106,7 @@ _TABLE: dict[str, tuple[Code, Code, Code | None]] = {
     # Head-and-neck organs at risk (OpenKBP).
     "brainstem": (_ANATOMY, _TYPES.BrainStem, None),
     "spinal cord": (_ANATOMY, _TYPES.SpinalCord, None),
+    "parotid gland": (_ANATOMY, _TYPES.ParotidGland, None),
     **_sided("parotid gland", _ANATOMY, _TYPES.ParotidGland),
     "larynx": (_ANATOMY, _TYPES.Larynx, None),
     "mandible": (_ANATOMY, _TYPES.Mandible, None),
@@ -123,6 +127,7 @@ _ALIASES = {
     "enhancing brain tumour": "enhancing brain tumor", "enhancing tumor": "enhancing brain tumor",
     "cell nucleus": "cell nuclei", "nuclei": "cell nuclei", "brain stem": "brainstem",
     "left parotid gland": "parotid gland left", "right parotid gland": "parotid gland right",
+    "large bowel": "colon", "large intestine": "colon", "voice box": "larynx", "lower jaw": "mandible",
 }
 
 
@@ -131,6 +136,11 @@ def normalise_label(label: str) -> str:
     text = re.sub(r"[_\-]+", " ", label.strip().lower())
     text = re.sub(r"\s+", " ", text).strip().rstrip(".").strip()
     return _ALIASES.get(text, text)
+
+
+def label_spellings() -> dict[str, str]:
+    """Every spelling we accept for a known label (the labels themselves and their aliases) -> the label."""
+    return {**{label: label for label in _TABLE}, **_ALIASES}
 
 
 def known_labels() -> list[str]:

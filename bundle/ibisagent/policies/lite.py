@@ -9,7 +9,6 @@ embeddings, so the policy refuses a tool whose encoder differs.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +18,12 @@ from ..protocol import Action, format_response
 from .base import Message, Observation, Policy, PolicyError
 from .lite_model import (LiteConfig, LitePolicyNet, PolicyState, action_distribution, decode_action, greedy_actions,
                          pool_embedding, state_tensors, valid_region)
-from .query_encoder import QueryEncoder
+from .query_encoder import QueryEncoder, shared_query_encoder
 
 __all__ = ["LitePolicy", "load_lite_checkpoint", "shipped_lite_policy", "rationale", "LITE_FORMAT"]
 
 LITE_FORMAT = "ibisagent-lite-policy/1"
 LITE_POLICY_NAME = "lite_policy.pt"
-
-
-@lru_cache(maxsize=1)
-def _shared_query_encoder() -> QueryEncoder:
-    """One sentence encoder per process: policies (e.g. lite and its one-click variant) share it."""
-    return QueryEncoder()
 
 
 def shipped_lite_policy() -> Path:
@@ -89,7 +82,7 @@ class LitePolicy(Policy):
         self.config = self.network.config
         self.max_clicks = max_clicks
         self.confidence_drop = confidence_drop
-        self.queries = query_encoder or _shared_query_encoder()
+        self.queries = query_encoder or shared_query_encoder()
         if max_clicks == 1:
             self.name = "lite-one-click"
         elif confidence_drop is None:

