@@ -21,7 +21,7 @@ MED2D = SHARED_DATA / "med2d"
 def lite_tool():
     from ibisagent.tools.factory import build_tool
 
-    return build_tool("lite-medsam")
+    return build_tool("lite-medsam", backend="torch")
 
 
 @pytest.fixture(scope="session")

@@ -126,9 +126,13 @@ def test_export_onnx_and_bench(tmp_path):
     assert done.returncode == 0, done.stderr
     manifest = json.loads((tmp_path / "onnx" / "tool.json").read_text())
     assert manifest["input_size"] == 256 and manifest["mask_side"] == 256
-    done = ibis("bench", "--runs", "2", "--warmup", "1")
+    done = ibis("bench", "--runs", "2", "--warmup", "1", "--cold-runs", "1")
     assert done.returncode == 0, done.stderr
-    assert "| onnxruntime |" in done.stdout and "ratio onnxruntime/torch" in done.stdout
+    warm, cold = done.stdout.split("Cold start")
+    assert "| onnxruntime |" in warm and "ratio onnxruntime/torch" in warm and "policy ms/turn" in warm
+    assert "s to the first turn | s to the written mask" in cold and cold.count("| torch |") == 1
+    first, written = (float(v) for v in cold.split("| onnxruntime |")[1].split("|")[:2])
+    assert 0 < first < written
 
 
 def test_segment_dicom_writes_a_valid_seg(tmp_path):

@@ -73,7 +73,7 @@ def run_agent_bench(policies: list[str], tool_spec: str = "lite-medsam", manifes
     from .tools.onnx_tool import OnnxSamTool
     from .tools.torch_tool import TorchSamTool
 
-    torch_tool = build_tool(tool_spec)
+    torch_tool = build_tool(tool_spec, backend="torch")
     if not isinstance(torch_tool, TorchSamTool):
         raise ValueError(f"the agent bench compares torch with onnxruntime: give a torch tool spec, not {tool_spec!r}")
     rows = []

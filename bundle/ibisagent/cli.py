@@ -42,7 +42,7 @@ def _policy_options(args: argparse.Namespace, ground_truth: np.ndarray | None, n
 
     name = name or args.policy
     if name in LITE_POLICY_NAMES:
-        return {"checkpoint": args.checkpoint} if args.checkpoint else {}
+        return {"backend": args.backend, **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
     if name == "oracle":
         return {"ground_truth": ground_truth, "target_iou": args.target_iou}
     if name == "scripted":
@@ -91,7 +91,7 @@ def _segment(args: argparse.Namespace) -> int:
     ground_truth = read_mask(args.ground_truth, loaded.rgb.shape[:2], loaded.display) if args.ground_truth else None
     prompts = load_prompts(args.prompts)
     policy = build_policy(args.policy, **_policy_options(args, ground_truth))
-    tool = build_tool(tool_config)
+    tool = build_tool(tool_config, args.backend)
     agent = Agent(tool, policy, prompts, max_turns=args.max_turns, history=args.history)
 
     turn_masks: list[np.ndarray] = []
@@ -146,7 +146,7 @@ def _segment_dicom(args: argparse.Namespace) -> int:
     ground_truth = read_mask(args.ground_truth, series.rgb.shape[:2], series.display) if args.ground_truth else None
     prompts = load_prompts(args.prompts)
     policy = build_policy(args.policy, **_policy_options(args, ground_truth))
-    tool = build_tool(tool_config)
+    tool = build_tool(tool_config, args.backend)
     print(f"series: {series.slice_count} slice(s), {series.modality or 'unknown modality'}, slice {series.index}",
           flush=True)
     if series.display_note:
@@ -220,11 +220,10 @@ def _compared_policy(value: str) -> str:
 
 def _trajectories(args: argparse.Namespace) -> int:
     from .evaluation import load_queries, read_manifest, select_pairs
+    from .outputs import check_output_file
     from .tools.factory import build_tool
     from .training.embedding_cache import EmbeddingCache
     from .training.trajectories import TrajectoryConfig, write_trajectories
-
-    from .outputs import check_output_file
 
     check_output_file(args.out)
     config = TrajectoryConfig(args.target_iou, args.max_steps, tuple(args.query_kind))
@@ -274,7 +273,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     runs = []
     for spec in args.tool or ["lite-medsam"]:
-        tool = build_tool(spec)
+        tool = build_tool(spec, args.backend)
         by_policy = evaluate_policies(pairs, tool, {name: policy_maker(name) for name in names}, queries,
                                       args.query_kind, prompts, args.max_turns, progress)
         for name, records in by_policy.items():
@@ -294,11 +293,25 @@ def _export_onnx(args: argparse.Namespace) -> int:
     from .tools.onnx_export import export_onnx
     from .tools.torch_tool import TorchSamTool
 
-    tool = build_tool(args.tool)
+    tool = build_tool(args.tool, backend="torch")
     if not isinstance(tool, TorchSamTool):
-        raise CommandError(f"export-onnx needs a torch tool, got {tool.name}")
+        raise CommandError(f"export-onnx needs a tool built from torch weights, got {tool.name}")
     out = export_onnx(tool.parts, tool.transform, args.out)
     print(f"exported {tool.name} -> {out}/encoder.onnx, decoder.onnx, tool.json")
+    return 0
+
+
+def _export_graphs(args: argparse.Namespace) -> int:
+    """Export the default models' onnxruntime graphs into the cache (where torch is installed), e.g. for an image
+    that will run without torch."""
+    from .graph_cache import cache_root
+    from .policies.lite import LitePolicy
+    from .tools.factory import build_tool
+
+    tool = build_tool(args.tool, backend="onnxruntime")
+    LitePolicy(args.checkpoint, backend="onnxruntime")  # its network and the query encoder
+    print(f"graphs for {tool.name} and IBIS-lite ({args.checkpoint or 'shipped'}) with its query encoder are in "
+          f"{cache_root()}")
     return 0
 
 
@@ -320,7 +333,7 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     from .bench import run_bench
 
-    print(run_bench(args.tool, args.runs, args.warmup, args.image))
+    print(run_bench(args.tool, args.runs, args.warmup, args.image, args.cold_runs))
     return 0
 
 
@@ -487,6 +500,9 @@ def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_
     parser.add_argument("--server", help="a Triton server (HOST:PORT, gRPC; see `ibis serve`): the default tool, "
                         "and the triton policy's server")
     parser.set_defaults(tool_repeats=tool_repeats)
+    parser.add_argument("--backend", choices=("onnxruntime", "torch"),
+                        help="where the embedded models run (LiteMedSAM, IBIS-lite, its query encoder): onnxruntime "
+                             "(default; graphs exported from the weights on first use and cached) or torch")
     parser.add_argument("--prompts", help="YAML prompt file (default: the packaged wording)")
     parser.add_argument("--max-turns", type=_turn_limit, default=20, help=f"turn limit, 1 to {TURN_LIMIT} (default 20)")
     parser.add_argument("--target-iou", type=float, default=0.9, help="oracle: stop at this IoU")
@@ -566,6 +582,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True)
     export.set_defaults(handler=_export_onnx)
 
+    graphs = commands.add_parser("export-graphs", help="export the default models' onnxruntime graphs into the cache "
+                                 "($IBISAGENT_CACHE/graphs or ~/.cache/ibisagent/graphs)")
+    graphs.add_argument("--tool", default="lite-medsam", help="a LiteMedSAM or sam: tool spec")
+    graphs.add_argument("--checkpoint", help="an IBIS-lite checkpoint (default: the shipped one)")
+    graphs.set_defaults(handler=_export_graphs)
+
     train = commands.add_parser("train-tool", help="fine-tune LiteMedSAM's decoder for clicks")
     train.add_argument("--config", default="configs/train_tool.yaml")
     train.add_argument("--manifest", help="override the config's manifest")
@@ -585,9 +607,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", action="append", help="load only these models (repeat); default: the sam "
                        "models, and ibis_mllm with --mllm-path")
     serve.add_argument("--mllm-path", help="a local Qwen2.5-VL checkpoint for ibis_mllm ($IBIS_MLLM_PATH)")
-    serve.add_argument("--tool", default="lite-medsam", help="what to export into the repository when its ONNX "
-                       "graphs are absent or from other weights: a torch tool spec, or onnx:DIR")
-    serve.add_argument("--export", action="store_true", help="export the graphs again")
+    serve.add_argument("--tool", default="lite-medsam", help="whose graphs go into the repository when its ONNX "
+                       "graphs are absent or from other weights: a LiteMedSAM or sam: spec (its cached graphs), or "
+                       "onnx:DIR")
+    serve.add_argument("--export", action="store_true", help="copy the graphs again, even when they match")
     serve.add_argument("--server-env", help="the server's Python environment (default $IBIS_TRITON_ENV or .venv-triton)")
     serve.add_argument("--setup", action="store_true", help="create the server environment and the graphs, then exit")
     serve.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for readiness")
@@ -643,11 +666,13 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--base", help="base checkpoint (default: the one the adapter records)")
     merge.set_defaults(handler=_merge_lora)
 
-    bench = commands.add_parser("bench", help="encoder and decoder latency, torch vs onnxruntime; with --server, Triton vs in-process")
+    bench = commands.add_parser("bench", help="torch vs onnxruntime: tool, policy and query encoder latency, and the "
+                                "cold start of ibis segment; with --server, Triton vs in-process")
     bench.add_argument("--tool", default="lite-medsam")
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--image", help="image to time (default: pydicom's abdominal MR)")
+    bench.add_argument("--cold-runs", type=int, default=3, help="fresh `ibis segment` processes per backend")
     bench.add_argument("--server", help="a Triton server (HOST:PORT, gRPC): compare it with the tool in process, "
                        "at several sessions at once")
     bench.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16], help="--server: sessions at once")

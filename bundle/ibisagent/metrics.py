@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = ["iou", "dice", "boundary_f1", "noc", "bounding_box"]
 
@@ -31,6 +30,8 @@ def dice(prediction: np.ndarray, target: np.ndarray) -> float:
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage  # here, not at import: scipy costs a second of every command's start
+
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
@@ -45,6 +46,8 @@ def boundary_f1(prediction: np.ndarray, target: np.ndarray, tolerance: float = 0
         return 1.0
     if not p.any() or not t.any():
         return 0.0
+    from scipy import ndimage
+
     radius = max(1.0, tolerance * float(np.hypot(*p.shape)))
     pb, tb = _boundary(p), _boundary(t)
     distance_to_t = ndimage.distance_transform_edt(~tb)

@@ -33,7 +33,7 @@ from .imaging.io import read_image, read_mask
 from .imaging.orientation import IDENTITY, DisplayTransform
 from .metrics import iou
 from .outputs import check_output_dir, write_json_atomic, write_run
-from .policies import build_policy
+from .policies import LITE_POLICY_NAMES, build_policy
 from .prompting import load_prompts
 from .tools.base import SegmentationTool
 
@@ -106,16 +106,21 @@ def item_folder_name(index: int, image: str) -> str:
 
 
 class AgentWorkflow:
-    """The agent over a datalist. `tool` is a tool or a tool spec (built once the datalist has been read)."""
+    """The agent over a datalist. `tool` is a tool or a tool spec (built once the datalist has been read);
+    `backend` says where the embedded models run (see `tools.factory`)."""
 
     def __init__(self, tool: SegmentationTool | str | Mapping[str, Any], datalist: str | Path | Sequence[Mapping],
                  output_dir: str | Path, policy: str = "lite", policy_options: dict[str, Any] | None = None,
-                 prompts: str | Path | None = None, max_turns: int = 20, target_iou: float = 0.9):
+                 prompts: str | Path | None = None, max_turns: int = 20, target_iou: float = 0.9,
+                 backend: str | None = None):
         self._tool = tool
+        self.backend = backend  # where the embedded models run: onnxruntime (default) or torch
         self.datalist = datalist
         self.output_dir = Path(output_dir)
         self.policy_name = policy
         self.policy_options = dict(policy_options or {})
+        if backend and policy in LITE_POLICY_NAMES:
+            self.policy_options.setdefault("backend", backend)
         self.prompts_source = prompts
         self.max_turns = max_turns
         self.target_iou = target_iou
@@ -187,7 +192,7 @@ class AgentWorkflow:
         else:
             from .tools.factory import build_tool
 
-            self.tool = build_tool(self._tool)
+            self.tool = build_tool(self._tool, self.backend)
         summary = []
         for index, item in enumerate(items):
             entry = {"index": index, "image": Path(item["image"]).name, "query": item["query"],

@@ -5,25 +5,35 @@ the same quantities, what it saw and why: how much of the image the mask
 covers, where the chosen click goes and how sure the policy is. The weights
 ship in `ibisagent.models` and were trained on LiteMedSAM's image
 embeddings, so the policy refuses a tool whose encoder differs.
+
+The network runs on onnxruntime by default, from a graph exported from the
+checkpoint on first use and cached (`graph_cache`, `lite_export`): the
+policy then imports no torch. `backend="torch"` runs the checkpoint itself;
+both read the same numpy state (`lite_state`), and their actions agree
+(tests/test_lite.py).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..protocol import Action, format_response
 from .base import Message, Observation, Policy, PolicyError
-from .lite_model import (LiteConfig, LitePolicyNet, PolicyState, action_distribution, decode_action, greedy_actions,
-                         pool_embedding, state_tensors, valid_region)
+from .lite_state import (LiteConfig, PolicyState, action_probabilities, decode_action, greedy_action,
+                         pool_embedding_array, state_arrays, valid_region)
 from .query_encoder import QueryEncoder, shared_query_encoder
 
-__all__ = ["LitePolicy", "load_lite_checkpoint", "shipped_lite_policy", "rationale", "LITE_FORMAT"]
+__all__ = ["LitePolicy", "load_lite_checkpoint", "lite_config", "shipped_lite_policy", "rationale", "LITE_FORMAT",
+           "LITE_BACKENDS"]
 
 LITE_FORMAT = "ibisagent-lite-policy/1"
 LITE_POLICY_NAME = "lite_policy.pt"
+LITE_BACKENDS = ("onnxruntime", "torch")
+LITE_GRAPH_FORMAT = "ibisagent-lite-onnx/1"  # the exported graph and its policy.json (lite_export.py)
+LITE_GRAPH_INPUTS = ("pooled_embedding", "maps", "query", "step")
 
 
 def shipped_lite_policy() -> Path:
@@ -32,18 +42,73 @@ def shipped_lite_policy() -> Path:
     return shipped_weights(LITE_POLICY_NAME)
 
 
-def load_lite_checkpoint(path: str | Path) -> tuple[LitePolicyNet, dict]:
-    """The network and the checkpoint's metadata; a foreign or broken file is a clear error."""
+def lite_config(fields: dict) -> LiteConfig:
+    """A LiteConfig from a checkpoint's (or an export's) config mapping."""
+    return LiteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def load_lite_checkpoint(path: str | Path):
+    """The network (`LitePolicyNet`, torch) and the checkpoint's metadata; a foreign or broken file is a clear error."""
+    import torch
+
+    from .lite_model import LitePolicyNet
+
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # a foreign file fails in many ways (pickle, zip, EOF, OS): one clear error
         raise ValueError(f"cannot read lite policy {path}: {type(error).__name__}: {error}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != LITE_FORMAT:
         raise ValueError(f"{path} is not an IBIS-lite policy checkpoint (format {LITE_FORMAT})")
-    config = LiteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["config"].items()})
-    network = LitePolicyNet(config)
+    network = LitePolicyNet(lite_config(checkpoint["config"]))
     network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
     return network.eval(), {k: v for k, v in checkpoint.items() if k not in ("state_dict",)}
+
+
+class _OnnxNetwork:
+    """The checkpoint's network as its cached ONNX graph on onnxruntime."""
+
+    def __init__(self, checkpoint: Path):
+        import onnxruntime as ort
+
+        from ..graph_cache import cached_graphs
+
+        if not checkpoint.is_file():
+            raise ValueError(f"lite policy {checkpoint}: no such file")
+
+        def export(folder: Path) -> None:
+            from .lite_export import export_lite_policy
+
+            export_lite_policy(checkpoint, folder)
+
+        folder = cached_graphs("lite-policy", LITE_GRAPH_FORMAT, [checkpoint], export)
+        manifest = json.loads((folder / "policy.json").read_text())
+        self.config = lite_config(manifest["config"])
+        self.metadata = manifest["metadata"]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(folder / "policy.onnx"), options, providers=["CPUExecutionProvider"])
+        self.outputs = manifest["outputs"]
+
+    def __call__(self, pooled: np.ndarray, maps: np.ndarray, query: np.ndarray, step: np.ndarray) -> dict:
+        arrays = self.session.run(None, dict(zip(LITE_GRAPH_INPUTS, (pooled, maps, query, step))))
+        return dict(zip(self.outputs, arrays))
+
+
+class _TorchNetwork:
+    """The checkpoint's network in torch."""
+
+    def __init__(self, checkpoint: Path):
+        self.network, self.metadata = load_lite_checkpoint(checkpoint)
+        self.config = self.network.config
+
+    def __call__(self, pooled: np.ndarray, maps: np.ndarray, query: np.ndarray, step: np.ndarray) -> dict:
+        import torch
+
+        with torch.inference_mode():
+            outputs = self.network(*(torch.from_numpy(array) for array in (pooled, maps, query, step)))
+        if isinstance(outputs, torch.Tensor):
+            return {"actions": outputs.numpy()}
+        return {field: value.numpy() for field, value in zip(outputs._fields, outputs) if value is not None}
 
 
 def rationale(query: str, mask_fraction: float, n_clicks: int, kind: str, x: float, y: float,
@@ -76,13 +141,18 @@ class LitePolicy(Policy):
     name = "lite"
 
     def __init__(self, checkpoint: str | Path | None = None, max_clicks: int | None = None,
-                 query_encoder: QueryEncoder | None = None, confidence_drop: float | None = CONFIDENCE_DROP):
+                 query_encoder: QueryEncoder | None = None, confidence_drop: float | None = CONFIDENCE_DROP,
+                 backend: str | None = None):
+        backend = backend or "onnxruntime"
+        if backend not in LITE_BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} for the lite policy; choose one of {', '.join(LITE_BACKENDS)}")
         self.checkpoint = Path(checkpoint) if checkpoint else shipped_lite_policy()
-        self.network, self.metadata = load_lite_checkpoint(self.checkpoint)
-        self.config = self.network.config
+        self.network = (_OnnxNetwork if backend == "onnxruntime" else _TorchNetwork)(self.checkpoint)
+        self.config, self.metadata = self.network.config, self.network.metadata
+        self.backend = backend
         self.max_clicks = max_clicks
         self.confidence_drop = confidence_drop
-        self.queries = query_encoder or shared_query_encoder()
+        self.queries = query_encoder or shared_query_encoder(backend)
         if max_clicks == 1:
             self.name = "lite-one-click"
         elif confidence_drop is None:
@@ -92,15 +162,13 @@ class LitePolicy(Policy):
         embedding = observation.embedding
         if embedding is None:
             raise PolicyError("the lite policy needs the tool's image embedding (run it through the Agent)")
-        if not isinstance(embedding.features, np.ndarray):
-            raise PolicyError("the lite policy reads the image embedding in process; this tool keeps it on a server "
-                              "(for Triton use the tool mapping with \"resident\": false)")
+        pooled = _pooled_input(embedding.features)
         expected = self.metadata.get("encoder_key")
         frame = embedding.frame
-        if embedding.features.shape[1:] != (self.config.embedding_channels, self.config.grid, self.config.grid) \
-                or frame.input_size != self.config.frame_size:
-            raise PolicyError(f"the lite policy was trained on {expected} embeddings; this tool's embedding has "
-                              f"shape {embedding.features.shape[1:]} at input {frame.input_size}")
+        half = self.config.grid // 2
+        if pooled.shape[1:] != (self.config.embedding_channels, half, half) or frame.input_size != self.config.frame_size:
+            raise PolicyError(f"the lite policy was trained on {expected} embeddings; this tool's pooled embedding "
+                              f"has shape {pooled.shape[1:]} at input {frame.input_size}")
         if self.max_clicks is not None and len(observation.clicks) >= self.max_clicks:
             return format_response(Action.terminate(), f"The request: \"{observation.query}\". "
                                    f"I was asked for at most {self.max_clicks} click(s); I stop.")
@@ -116,19 +184,26 @@ class LitePolicy(Policy):
         state = PolicyState(frame.mask_to_input(observation.mask), valid_region(frame),
                             tuple((c.x * scale_x, c.y * scale_y, c.positive) for c in observation.clicks),
                             observation.turn)
-        maps, step, blocked = state_tensors([state], self.config)
-        with torch.inference_mode():
-            features = pool_embedding(torch.from_numpy(embedding.features.astype(np.float32)))
-            query = torch.from_numpy(self.queries([observation.query]))
-            logits = self.network(features, maps, query, step)
-            distribution = action_distribution(logits, blocked)
-            # With no click yet there is nothing to stop on: the first action is always a click.
-            index = int(greedy_actions(distribution.probs, may_stop=bool(observation.clicks))[0])
-            probability = float(distribution.probs[0, index])
+        maps, step, blocked = state_arrays([state], self.config)
+        outputs = self.network(pooled, maps, self.queries([observation.query]), step)
+        probabilities = action_probabilities(outputs["actions"], blocked)
+        # With no click yet there is nothing to stop on: the first action is always a click.
+        index = greedy_action(probabilities, may_stop=bool(observation.clicks))
         kind, fx, fy = decode_action(index, self.config)
         x, y = min(max(fx / scale_x, 0.0), 1.0), min(max(fy / scale_y, 0.0), 1.0)
         think = rationale(observation.query, float(observation.mask.mean()), len(observation.clicks), kind, x, y,
-                          probability)
+                          float(probabilities[0, index]))
         action = {"positive": Action.positive, "negative": Action.negative}.get(kind)
         return format_response(action(x, y) if action else Action.terminate(), think)
 
+
+def _pooled_input(features) -> np.ndarray:
+    """(1, C, G/2, G/2) float32: what the network reads, pooled here from an in-process embedding, or the one a
+    served tool sent back once for the image (its embedding stays on the server)."""
+    if isinstance(features, np.ndarray):
+        return pool_embedding_array(features)
+    pooled = getattr(features, "pooled", None)
+    if pooled is None:
+        raise PolicyError("the lite policy reads the image embedding; this tool keeps it on a server without "
+                          "sending back the policy's pooled input")
+    return np.asarray(pooled, np.float32)

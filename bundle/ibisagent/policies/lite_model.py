@@ -5,82 +5,26 @@ image (as the tool's 256x64x64 embedding, already computed for the tool),
 the current mask, the clicks so far and the query (a sentence-encoder
 vector, so paraphrases and reasoning questions map near their targets). It
 scores one categorical action space: a positive or a negative click on any
-cell of the 64x64 embedding grid, or Terminate. Training (SFT and GRPO) and
-inference share `state_tensors` and `action_distribution`, so the policy is
-trained on exactly what it acts on.
+cell of the 64x64 embedding grid, or Terminate. The state, the actions and
+their decoding are torch-free (`lite_state`, re-exported here); training
+(SFT and GRPO) and inference share them, so the policy is trained on exactly
+what it acts on.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..imaging.transform import Frame
+from .lite_state import (STATE_CHANNELS, LiteConfig, PolicyState, cell_to_frame_xy, decode_action, frame_xy_to_cell,
+                         state_arrays, valid_region)
 
-__all__ = ["LiteConfig", "LitePolicyNet", "PolicyState", "state_tensors", "action_distribution", "masked_logits", "pool_embedding",
-           "greedy_actions", "decode_action", "valid_region", "cell_to_frame_xy", "frame_xy_to_cell", "STATE_CHANNELS"]
-
-STATE_CHANNELS = 4  # mask, image area (not padding), positive clicks, negative clicks
-
-
-@dataclass(frozen=True)
-class LiteConfig:
-    embedding_channels: int = 256
-    grid: int = 64  # the embedding grid; actions are cells of it
-    frame_size: int = 256  # the tool's model-input side
-    query_dim: int = 384
-    width: int = 48
-    dilations: tuple[int, ...] = (1, 2, 4, 8)
-    max_steps: int = 10  # step feature scale (the agent's usual turn budget)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class PolicyState:
-    """One decision point, in the tool's model-input frame."""
-
-    mask: np.ndarray  # (S, S) bool: the current mask
-    valid: np.ndarray  # (S, S) bool: inside the resized image (not padding)
-    clicks: Sequence[tuple[float, float, bool]]  # (x, y, positive) in frame pixels
-    step: int  # 0-based turn index
-
-
-def frame_xy_to_cell(x: float, y: float, config: LiteConfig) -> tuple[int, int]:
-    """(row, col) of the grid cell holding a frame-pixel coordinate."""
-    cell = config.frame_size / config.grid
-    return (min(max(int(y // cell), 0), config.grid - 1), min(max(int(x // cell), 0), config.grid - 1))
-
-
-def cell_to_frame_xy(row: int, col: int, config: LiteConfig) -> tuple[float, float]:
-    """The centre of a grid cell in frame pixels (continuous coordinates)."""
-    cell = config.frame_size / config.grid
-    return (col + 0.5) * cell, (row + 0.5) * cell
-
-
-def decode_action(index: int, config: LiteConfig) -> tuple[str, float, float]:
-    """An action index -> ("positive" | "negative" | "terminate", frame x, frame y)."""
-    cells = config.grid * config.grid
-    if index >= 2 * cells:
-        return "terminate", 0.0, 0.0
-    kind = "positive" if index < cells else "negative"
-    row, col = divmod(index % cells, config.grid)
-    x, y = cell_to_frame_xy(row, col, config)
-    return kind, x, y
-
-
-def valid_region(frame: Frame) -> np.ndarray:
-    """(S, S) bool: the part of the model input that holds the image, not padding."""
-    rows, cols = frame.resized
-    valid = np.zeros((frame.input_size, frame.input_size), bool)
-    valid[:rows, :cols] = True
-    return valid
+__all__ = ["LiteConfig", "LitePolicyNet", "PolicyState", "state_tensors", "action_distribution", "masked_logits",
+           "pool_embedding", "greedy_actions", "decode_action", "valid_region", "cell_to_frame_xy", "frame_xy_to_cell",
+           "STATE_CHANNELS"]
 
 
 def pool_embedding(features: torch.Tensor) -> torch.Tensor:
@@ -88,35 +32,9 @@ def pool_embedding(features: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(features, 2)
 
 
-def _pool(mask: np.ndarray, grid: int) -> np.ndarray:
-    side = mask.shape[0]
-    return mask.reshape(grid, side // grid, grid, side // grid).mean(axis=(1, 3)).astype(np.float32)
-
-
 def state_tensors(states: Sequence[PolicyState], config: LiteConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per state: (4, G, G) maps, the step feature (1,), and the click cells ruled out (G*G*2,) bool.
-
-    Ruled out: padding, cells clicked before (the agent would repeat itself),
-    positive clicks on fully covered cells and negative clicks off the mask.
-    """
-    grid = config.grid
-    maps = np.zeros((len(states), STATE_CHANNELS, grid, grid), np.float32)
-    steps = np.zeros((len(states), 1), np.float32)
-    blocked = np.zeros((len(states), 2, grid, grid), bool)
-    for index, state in enumerate(states):
-        maps[index, 0] = _pool(state.mask, grid)
-        valid = _pool(state.valid, grid)
-        maps[index, 1] = valid
-        for x, y, positive in state.clicks:
-            row, col = frame_xy_to_cell(x, y, config)
-            maps[index, 2 if positive else 3, row, col] = 1.0
-            blocked[index, :, row, col] = True  # never click a cell twice: the agent would repeat itself
-        blocked[index, :, valid < 0.5] = True
-        # A positive click only helps where the mask is not complete, a negative one only where there is mask.
-        blocked[index, 0, maps[index, 0] >= 1.0] = True
-        blocked[index, 1, maps[index, 0] <= 0.0] = True
-        steps[index, 0] = min(state.step / config.max_steps, 1.0)
-    return torch.from_numpy(maps), torch.from_numpy(steps), torch.from_numpy(blocked.reshape(len(states), -1))
+    """`state_arrays` as tensors: (4, G, G) maps, the step feature (1,), the click cells ruled out (G*G*2,) bool."""
+    return tuple(torch.from_numpy(array) for array in state_arrays(states, config))
 
 
 class _FilmBlock(nn.Module):

@@ -139,7 +139,7 @@ def run_serving_bench(server: str, tool_spec: str = "lite-medsam", sessions: Seq
         image_path = get_testdata_file("examples_overlay.dcm")
     image = read_image(image_path).rgb
     served = TritonSamTool(server)
-    source = build_tool(tool_spec)
+    source = build_tool(tool_spec, backend="torch")
     if not isinstance(source, TorchSamTool):
         raise ValueError(f"bench exports a torch tool to compare with the server; {tool_spec!r} is not one")
     lines = [f"Triton at {server} vs in-process onnxruntime on the same export of {source.name}; "

@@ -1,9 +1,9 @@
 """Put the tool's ONNX graphs where the Triton model repository expects them.
 
 The graphs are build outputs (tens of MB), never committed: `ibis serve`
-exports them into `sam_encoder/1/` and `sam_decoder/1/` when absent or made
-from other weights, from the same tool spec the in-process path uses, so
-both run the same weights.
+copies them into `sam_encoder/1/` and `sam_decoder/1/` when absent or made
+from other weights, from the same graph cache the in-process default tool
+runs, so both run the same files.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from ..tools.onnx_export import BOX_DECODER_NAME, MANIFEST_NAME, export_onnx
+from ..tools.onnx_tool import BOX_DECODER_NAME, MANIFEST_NAME
 
 __all__ = ["DEFAULT_REPOSITORY", "SAM_MODELS", "MLLM_MODEL", "prepare_repository", "exported_source"]
 
@@ -52,14 +51,13 @@ def prepare_repository(repository: str | Path = DEFAULT_REPOSITORY, tool_spec: s
                        force: bool = False) -> bool:
     """Put `tool_spec`'s graphs into the repository unless the ones there came from it; True when it wrote them.
 
-    A torch tool spec is exported; `onnx:DIR` (an `ibis export-onnx` folder) is
-    copied as it is. Graphs whose manifest names another source are replaced:
-    the shipped decoder's source carries its sha256, so an upgrade cannot
-    leave the server on older weights than the in-process tool. Each file is
+    A spec built from torch weights gives its cached graphs (`tools.factory.tool_graphs`: the very files the
+    in-process default tool runs, exported on first use); `onnx:DIR` (an `ibis export-onnx` folder) is copied
+    as it is. Graphs whose manifest names another source are replaced: the shipped decoder's source carries
+    its sha256, so an upgrade cannot leave the server on older weights than the in-process tool. Each file is
     written in full before it replaces the old one.
     """
-    from ..tools.factory import build_tool, parse_tool_spec
-    from ..tools.torch_tool import TorchSamTool
+    from ..tools.factory import parse_tool_spec, tool_graphs
 
     repository = Path(repository)
     targets = _targets(repository)
@@ -67,32 +65,23 @@ def prepare_repository(repository: str | Path = DEFAULT_REPOSITORY, tool_spec: s
         if not path.parent.is_dir():
             raise ValueError(f"{repository} is not an ibisagent model repository ({path.parent} missing)")
     config = parse_tool_spec(tool_spec)
-    tool = None
     if config["kind"] == "onnx":
-        folder = Path(config["path"])
-        if not (folder / MANIFEST_NAME).is_file():
-            raise ValueError(f"{folder} is not an `ibis export-onnx` folder: no {MANIFEST_NAME}")
-        wanted = json.loads((folder / MANIFEST_NAME).read_text()).get("source")
+        source = Path(config["path"])
+        if not (source / MANIFEST_NAME).is_file():
+            raise ValueError(f"{source} is not an `ibis export-onnx` folder: no {MANIFEST_NAME}")
     else:
-        tool = build_tool(config)
-        if not isinstance(tool, TorchSamTool):
-            raise ValueError(f"serving exports a torch tool to ONNX; {tool_spec!r} is not one")
-        wanted = tool.parts.source
-    if not force and exported_source(repository) == wanted:
+        source = tool_graphs(config)
+    manifest = json.loads((source / MANIFEST_NAME).read_text())
+    if not force and exported_source(repository) == manifest.get("source"):
         return False
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=repository.parent))
-    try:
-        source = folder if tool is None else export_onnx(tool.parts, tool.transform, staging)
-        names = _graphs(json.loads((source / MANIFEST_NAME).read_text()))
-        absent = [name for name in names if not (source / name).is_file()]
-        if absent:
-            raise ValueError(f"{source} is not a complete `ibis export-onnx` folder: no {', '.join(absent)}")
-        targets[MANIFEST_NAME].unlink(missing_ok=True)
-        targets[BOX_DECODER_NAME].unlink(missing_ok=True)
-        for name in (*names, MANIFEST_NAME):
-            part = targets[name].with_name(f".{name}.partial")
-            shutil.copyfile(source / name, part)
-            os.replace(part, targets[name])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    names = _graphs(manifest)
+    absent = [name for name in names if not (source / name).is_file()]
+    if absent:
+        raise ValueError(f"{source} is not a complete `ibis export-onnx` folder: no {', '.join(absent)}")
+    targets[MANIFEST_NAME].unlink(missing_ok=True)
+    targets[BOX_DECODER_NAME].unlink(missing_ok=True)
+    for name in (*names, MANIFEST_NAME):
+        part = targets[name].with_name(f".{name}.partial")
+        shutil.copyfile(source / name, part)
+        os.replace(part, targets[name])
     return True

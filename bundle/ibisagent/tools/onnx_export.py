@@ -21,13 +21,11 @@ from pathlib import Path
 import torch
 
 from ..imaging.transform import ImageTransform
+from .onnx_tool import BOX_DECODER_NAME, MANIFEST_FORMAT, MANIFEST_NAME
 from .sam_model import PromptDecoder, SamParts
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "BOX_DECODER_NAME", "export_onnx"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "BOX_DECODER_NAME", "OPSET", "export_onnx"]
 
-MANIFEST_NAME = "tool.json"
-BOX_DECODER_NAME = "box_decoder.onnx"
-MANIFEST_FORMAT = "ibisagent-sam-onnx/1"
 OPSET = 17
 
 

@@ -10,9 +10,13 @@ import numpy as np
 
 from ..imaging.transform import ImageTransform
 from .base import PromptArrays, SegmentationTool
-from .onnx_export import BOX_DECODER_NAME, MANIFEST_FORMAT, MANIFEST_NAME
 
-__all__ = ["OnnxSamTool"]
+__all__ = ["OnnxSamTool", "MANIFEST_NAME", "MANIFEST_FORMAT", "BOX_DECODER_NAME"]
+
+# What `ibis export-onnx` writes (tools/onnx_export.py) and this reader checks; here, so reading needs no torch.
+MANIFEST_NAME = "tool.json"
+BOX_DECODER_NAME = "box_decoder.onnx"
+MANIFEST_FORMAT = "ibisagent-sam-onnx/1"
 
 
 def _read_manifest(directory: Path) -> dict:
@@ -42,20 +46,26 @@ class OnnxSamTool(SegmentationTool):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.encoder = ort.InferenceSession(str(directory / "encoder.onnx"), options, providers=list(providers))
-        self.decoder = ort.InferenceSession(str(directory / "decoder.onnx"), options, providers=list(providers))
-        self.box_decoder = None  # answers box-only prompts when the export has one (SamParts.box_parts)
-        if manifest.get("box_decoder"):
-            if not (directory / BOX_DECODER_NAME).is_file():
-                raise ValueError(f"{directory}: the manifest names {BOX_DECODER_NAME}, which is missing; export again")
-            self.box_decoder = ort.InferenceSession(str(directory / BOX_DECODER_NAME), options,
-                                                    providers=list(providers))
+        self._session = lambda name: ort.InferenceSession(str(directory / name), options, providers=list(providers))
+        self.encoder = self._session("encoder.onnx")
+        self.decoder = self._session("decoder.onnx")
+        self._box_decoder = None  # answers box-only prompts when the export has one (SamParts.box_parts)
+        self.has_box_decoder = bool(manifest.get("box_decoder"))
+        if self.has_box_decoder and not (directory / BOX_DECODER_NAME).is_file():
+            raise ValueError(f"{directory}: the manifest names {BOX_DECODER_NAME}, which is missing; export again")
+
+    @property
+    def box_decoder(self):
+        """The box-only decoder's session, made on the first box-only prompt (clicks never need it)."""
+        if self.has_box_decoder and self._box_decoder is None:
+            self._box_decoder = self._session(BOX_DECODER_NAME)
+        return self._box_decoder
 
     def _encode(self, model_input: np.ndarray) -> np.ndarray:
         return self.encoder.run(None, {"image": model_input})[0]
 
     def _decode(self, features: np.ndarray, prompts: PromptArrays) -> tuple[np.ndarray, np.ndarray]:
-        decoder = self.box_decoder if self.box_decoder is not None and prompts.box_only else self.decoder
+        decoder = self.box_decoder if self.has_box_decoder and prompts.box_only else self.decoder
         logits, iou = decoder.run(None, {
             "image_embedding": features,
             "point_coords": prompts.coords,

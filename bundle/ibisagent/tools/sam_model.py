@@ -18,22 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models import CLICK_DECODER_NAME, shipped_click_decoder
+
 __all__ = ["SamParts", "PromptDecoder", "build_lite_medsam", "build_segment_anything", "shipped_click_decoder",
            "SAM_MODEL_TYPES", "CLICK_DECODER_NAME"]
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
-CLICK_DECODER_NAME = "lite_medsam_click_decoder.pt"
-
-
-def shipped_click_decoder() -> Path:
-    """Our click-tuned LiteMedSAM decoder, shipped in models/ (installed as `ibisagent.models`)."""
-    from ..models import shipped_weights
-
-    path = shipped_weights(CLICK_DECODER_NAME)
-    if not path.is_file():
-        raise ValueError(f"the shipped click decoder {CLICK_DECODER_NAME} is missing from {path.parent}; "
-                         "reinstall ibisagent, or use the tool lite-medsam-base")
-    return path
 
 
 @dataclass

@@ -284,7 +284,7 @@ def train_lite(config: LiteTrainingConfig) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    tool = build_tool(config.tool)
+    tool = build_tool(config.tool, backend="torch")  # training reads the torch parts
     if not isinstance(tool, TorchSamTool):
         raise ValueError(f"training needs an in-process torch tool, got {tool.name}")
     cache = EmbeddingCache(Path(config.cache_dir).expanduser(), tool)
