@@ -132,6 +132,39 @@ def test_agent_through_triton_gives_the_in_process_masks(sam_server, onnx_dir, d
         assert_same_run(run_oracle(served, image, reference), expected)
 
 
+def test_the_default_policy_runs_through_triton_with_the_in_process_masks(sam_server, onnx_dir, demo_image,
+                                                                          tmp_path):
+    """IBIS-lite reads the embedding's 2x2 means, sent back once at encode; the embedding itself stays on the
+    server, and the run equals the in-process one on the same graphs, click for click."""
+    from PIL import Image
+
+    from ibisagent.tools.onnx_tool import OnnxSamTool
+
+    query = "Which organ produces bile? Segment it."
+    local, served = OnnxSamTool(onnx_dir), TritonSamTool(sam_server.grpc_url)
+    policy = build_policy("lite")
+    expected = Agent(local, policy).run(demo_image, query)
+    received = served.caller.bytes_received
+    embedding = served.encode(demo_image)
+    assert 2**20 <= served.caller.bytes_received - received < 2**20 + 100_000  # the pooled input, 1 MiB, once
+    sent = served.caller.bytes_sent
+    result = Agent(served, policy).run(demo_image, query, embedding=embedding)
+    assert len(result.clicks) >= 2 and (served.caller.bytes_sent - sent) / len(result.clicks) < 300_000
+    assert_same_run(result, expected)
+    image = tmp_path / "mr.png"
+    Image.fromarray(demo_image).save(image)
+    for command in (["segment", image, "--query", query], ["demo"]):  # the README's and docs/serving.md's routes
+        out = tmp_path / command[0]
+        done = subprocess.run([sys.executable, "-m", "ibisagent.cli", *map(str, command), "--server",
+                               sam_server.grpc_url, "--out", str(out)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        trajectory = json.loads((out / "trajectory.json").read_text())
+        assert trajectory["policy"] == "lite" and trajectory["tool"] == f"triton:{sam_server.grpc_url}"
+    assert [{"x": c.x, "y": c.y, "positive": c.positive} for c in expected.clicks] == \
+        json.loads((tmp_path / "segment" / "trajectory.json").read_text())["clicks"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "segment" / "mask.png")) > 0, expected.mask)
+
+
 def test_a_box_alone_is_answered_by_the_box_decoder_on_the_server(sam_server, onnx_dir, demo_image):
     """The served decoder routes like the in-process tools (test_tools checks those against both decoders):
     a box alone to the wheel's decoder, any prompt with a click to ours."""

@@ -5,9 +5,11 @@ and the mapping back to the image are the shared code in tools/base.py, so a
 Triton tool and the in-process ONNX tool on the same graphs give the same mask.
 
 By default the embedding stays on the server (`resident`): encoding sends the
-image and a content key, each click sends the key, the prompts and the
-previous logits. With `resident=False` the 4 MiB embedding comes back to the
-client and goes up again with every click (what the bench compares against).
+image and a content key and gets back the embedding's 2x2 means (1 MiB, once
+per image: what IBIS-lite reads, so the default policy runs through the
+server too); each click sends the key, the prompts and the previous logits.
+With `resident=False` the 4 MiB embedding comes back to the client and goes
+up again with every click (what the bench compares against).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class ServerEmbedding:
     key: str
     shape: tuple[int, ...]
     model_input: np.ndarray
+    pooled: np.ndarray | None = None  # the embedding's 2x2 means, sent back once: what IBIS-lite reads
 
 
 class TritonSamTool(SegmentationTool):
@@ -61,12 +64,12 @@ class TritonSamTool(SegmentationTool):
             return self.caller.infer(self.encoder_model, {"image": model_input}, ["image_embedding"])["image_embedding"]
         digest = hashlib.sha256(np.asarray(model_input.shape, np.int64).tobytes() + model_input.tobytes())
         key = digest.hexdigest()[:32]
-        stored = self.caller.infer(self.encoder_model,
-                                   {"image": model_input, "image_key": np.array([[key.encode()]], dtype=np.object_)},
-                                   ["embedding_key"])["embedding_key"]
-        if bytes(stored.reshape(-1)[0]).decode() != key:
+        out = self.caller.infer(self.encoder_model,
+                                {"image": model_input, "image_key": np.array([[key.encode()]], dtype=np.object_)},
+                                ["embedding_key", "pooled_embedding"])
+        if bytes(out["embedding_key"].reshape(-1)[0]).decode() != key:
             raise self.caller.error(self.encoder_model, "the embedding was not kept under the key sent")
-        return ServerEmbedding(key, self.embedding_shape, model_input)
+        return ServerEmbedding(key, self.embedding_shape, model_input, out["pooled_embedding"])
 
     def _decode(self, features: np.ndarray | ServerEmbedding, prompts: PromptArrays) -> tuple[np.ndarray, np.ndarray]:
         inputs = {

@@ -3,7 +3,9 @@
 Self-contained (numpy, onnxruntime, Triton's utilities) so the same folder runs
 in NVIDIA's Triton container. A request that names an `image_key` also hands
 the embedding to the decoder model (BLS, inside the server), so the client
-need not download the 4 MiB embedding nor upload it with every click.
+need not download the 4 MiB embedding nor upload it with every click. The
+optional `pooled_embedding` output is what a policy reading the embedding
+(IBIS-lite) needs, once per image: the embedding's 2x2 means (1 MiB).
 """
 
 import json
@@ -30,6 +32,13 @@ def ort_session(config, version_dir):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = int(_parameter(config, "intra_op_threads", "0"))
     return ort.InferenceSession(str(path), options, providers=[p.strip() for p in providers.split(",") if p.strip()])
+
+
+def pooled(embeddings):
+    """(B, C, G, G) -> (B, C, G/2, G/2) float32 2x2 means, summed in the order torch's avg_pool2d and the
+    client's `lite_state.pool_embedding_array` use, so all three give the same numbers."""
+    return ((embeddings[..., 0::2, 0::2] + embeddings[..., 0::2, 1::2] + embeddings[..., 1::2, 0::2]
+             + embeddings[..., 1::2, 1::2]) / np.float32(4.0)).astype(np.float32)
 
 
 class TritonPythonModel:
@@ -75,6 +84,8 @@ class TritonPythonModel:
                     outputs.append(pb_utils.Tensor("image_embedding", embeddings.astype(np.float32)))
                 if "embedding_key" in wanted:
                     outputs.append(pb_utils.Tensor("embedding_key", np.array(keys, dtype=np.object_).reshape(-1, 1)))
+                if "pooled_embedding" in wanted:
+                    outputs.append(pb_utils.Tensor("pooled_embedding", pooled(embeddings.astype(np.float32))))
                 responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             except Exception as error:  # one bad request must not fail the others in the batch
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"sam_encoder: {error}")))
