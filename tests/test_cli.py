@@ -135,6 +135,44 @@ def test_export_onnx_and_bench(tmp_path):
     assert 0 < first < written
 
 
+def test_a_nifti_slice_says_how_it_is_shown_and_its_mask_lies_on_the_input_grid(tmp_path):
+    """TotalSegmentator's CT and liver, as stored (RAS) and reoriented (P, L, I axes): mask.nii.gz matches the
+    reference liver voxel for voxel in each file's own order, without any transpose or turn."""
+    import nibabel as nib
+    from conftest import SHARED_DATA
+    from ibisagent.imaging.io import radiological_slice, read_nifti_volume
+    from ibisagent.metrics import iou
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    folder = SHARED_DATA / "volumes" / "totalseg-example"
+    if not (folder / "example_seg.nii.gz").is_file():
+        pytest.skip(f"real NIfTI absent: {folder}")
+    liver = (read_nifti_volume(folder / "example_seg.nii.gz") == 5).astype(np.uint8)  # class_map.json: 5 = liver
+    Image.fromarray(radiological_slice(liver, 24) * 255).save(tmp_path / "liver_view.png")  # as the agent sees it
+    ct, seg = nib.load(str(folder / "example_ct_sm.nii.gz")), nib.load(str(folder / "example_seg.nii.gz"))
+    turn = ornt_transform(io_orientation(ct.affine), axcodes2ornt(("P", "L", "I")))
+    nib.save(ct.as_reoriented(turn), str(tmp_path / "ct_pli.nii.gz"))
+    nib.save(seg.as_reoriented(turn), str(tmp_path / "seg_pli.nii.gz"))
+    for name, image, reference in (("ras", folder / "example_ct_sm.nii.gz", folder / "example_seg.nii.gz"),
+                                   ("pli", tmp_path / "ct_pli.nii.gz", tmp_path / "seg_pli.nii.gz")):
+        out = tmp_path / name
+        done = ibis("segment", image, "--slice", "24", "--query", "Segment the liver.", "--policy", "oracle",
+                    "--ground-truth", tmp_path / "liver_view.png", "--max-turns", "6", "--out", out)
+        assert done.returncode == 0, done.stderr
+        trajectory = json.loads((out / "trajectory.json").read_text())
+        assert trajectory["display"].startswith("NIfTI slice 24 of 30 along the superior axis") and \
+            "mask.nii.gz is on the input's voxel grid" in trajectory["display"]
+        written, source = nib.load(str(out / "mask.nii.gz")), nib.load(str(reference))
+        assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+        mask, target = np.asarray(written.dataobj) > 0, np.asarray(source.dataobj) == 5
+        planes = np.nonzero(mask.any(axis=(0, 1)))[0]  # the file axis k: superior (RAS) or inferior (PLI)
+        assert list(planes) == [24 if name == "ras" else 29 - 24]  # one slice: the inferior axis counts down
+        plane = planes[0]
+        assert iou(mask[..., plane], target[..., plane]) > 0.8, name
+        view = np.asarray(Image.open(out / "mask.png")) > 0  # mask.png: the agent's view, as the record says
+        assert view.shape == (101, 122) and iou(view, radiological_slice(liver, 24) > 0) > 0.8
+
+
 def test_segment_dicom_writes_a_valid_seg(tmp_path):
     from conftest import SHARED_DATA
     from ibisagent.dicom.seg_writer import list_segments, segment_mask

@@ -112,7 +112,7 @@ def _segment(args: argparse.Namespace) -> int:
     if ground_truth is not None:
         metadata["reference_iou"] = round(iou(result.mask, ground_truth), 4)
         scored = f", IoU {metadata['reference_iou']:.3f} against the reference"
-    written = write_run(args.out, loaded.rgb, result, turn_masks, metadata, loaded.display)
+    written = write_run(args.out, loaded.rgb, result, turn_masks, metadata, loaded.display, loaded.nifti)
     print(f"{result.status.value} after {len(result.turns)} turn(s), {len(result.clicks)} click(s); "
           f"mask {int(result.mask.sum())} px{scored} -> {Path(args.out) / 'mask.png'} ({len(written)} files)")
     return 0

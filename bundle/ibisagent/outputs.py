@@ -18,6 +18,7 @@ from PIL import Image
 
 from .agent import AgentResult
 from .imaging.orientation import IDENTITY, DisplayTransform
+from .imaging.nifti import NiftiSlice
 from .imaging.overlay import overlay_mask
 
 __all__ = ["write_run", "write_json_atomic", "save_torch_atomic", "publish", "check_output_dir", "check_output_file"]
@@ -101,13 +102,15 @@ def write_json_atomic(path: str | Path, data: object) -> None:
 
 
 def write_run(out_dir: str | Path, image: np.ndarray, result: AgentResult, turn_masks: list[np.ndarray],
-              metadata: dict, display: DisplayTransform = IDENTITY) -> list[Path]:
+              metadata: dict, display: DisplayTransform = IDENTITY, nifti: NiftiSlice | None = None) -> list[Path]:
     """mask.png (0/255 at image size), overlay.png, turn_NN.png per turn, trajectory.json.
 
     `image` and the masks are as the agent saw them; `display` (the reader's)
     puts every picture back in the input's stored pixel order, so mask.png
     lies on the input's pixels. The trajectory's clicks stay where the agent
     clicked (callers say in `metadata["display"]` how that view was made).
+    A NIfTI slice (`nifti`) also gets mask.nii.gz, the mask on the input's
+    voxel grid.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +118,8 @@ def write_run(out_dir: str | Path, image: np.ndarray, result: AgentResult, turn_
     try:
         stored_image, final_mask = display.to_stored(image), display.to_stored(result.mask)
         Image.fromarray(final_mask.astype(np.uint8) * 255).save(staging / "mask.png")
+        if nifti is not None:
+            nifti.write_mask(result.mask, staging / "mask.nii.gz")
         Image.fromarray(overlay_mask(stored_image, final_mask)).save(staging / "overlay.png")
         for index, mask in enumerate(turn_masks):
             Image.fromarray(overlay_mask(stored_image, display.to_stored(mask))).save(staging / f"turn_{index:02d}.png")

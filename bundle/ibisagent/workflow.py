@@ -172,7 +172,7 @@ class AgentWorkflow:
         if result.status.completed:
             metadata = {"input": Path(item["image"]).name, "query": item["query"], "policy": self.policy_name,
                         "tool": self.tool.name, "window": loaded.window, "display": loaded.display_note or "as stored"}
-            write_run(out_dir, loaded.rgb, result, masks, metadata, loaded.display)
+            write_run(out_dir, loaded.rgb, result, masks, metadata, loaded.display, loaded.nifti)
         else:
             entry["error"] = result.error
 

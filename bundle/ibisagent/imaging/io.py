@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .nifti import NiftiSlice
 from .orientation import IDENTITY, DisplayTransform, orientation_note, standard_display
 from .windowing import default_window, to_display
 
@@ -33,7 +34,8 @@ class LoadedImage:
     slice_index: int | None = None
     window: str | None = None  # the display window applied (a CT preset, "percentile", "file", "colour"); None: raster
     display: DisplayTransform = IDENTITY  # stored pixels -> `rgb` (DICOM slices stored off the standard display)
-    display_note: str | None = None  # why and how, when `display` is not the identity
+    display_note: str | None = None  # why and how, when the agent's view is not the stored pixels as they are
+    nifti: NiftiSlice | None = None  # a NIfTI slice: where it lies in its file, to write the mask on its grid
 
 
 def _as_rgb(values: np.ndarray, path: Path) -> np.ndarray:
@@ -119,19 +121,24 @@ def _shown_as_standard(rgb: np.ndarray, dataset, frame: int | None, modality: st
 
 def read_nifti_volume(path: str | Path) -> np.ndarray:
     """A NIfTI image as a float32 (x, y, z) volume in RAS+ orientation (2D images get z = 1)."""
+    return _nifti_volume(Path(path))[0]
+
+
+def _nifti_volume(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The RAS+ volume and the file's own axis codes (toward where each voxel index grows)."""
     import nibabel as nib
 
-    path = Path(path)
     try:
-        image = nib.as_closest_canonical(nib.load(str(path)))
-        volume = np.asarray(image.dataobj, dtype=np.float32)
+        stored = nib.load(str(path))
+        codes = tuple(nib.aff2axcodes(stored.affine))
+        volume = np.asarray(nib.as_closest_canonical(stored).dataobj, dtype=np.float32)
     except Exception as error:  # nibabel raises many types for corrupt files
         raise ImageReadError(f"{path.name}: not a readable NIfTI file ({error.__class__.__name__})") from None
     if volume.ndim == 2:
         volume = volume[..., None]
     if volume.ndim != 3:
         raise ImageReadError(f"{path.name}: expected a 2D or 3D NIfTI image, got {volume.ndim} dimensions")
-    return volume
+    return volume, codes
 
 
 def radiological_slice(volume: np.ndarray, index: int) -> np.ndarray:
@@ -143,12 +150,14 @@ def _read_nifti(path: Path, slice_index: int | None, window: str | None) -> Load
     if window == "file":
         raise ImageReadError(f"{path.name}: NIfTI carries no display window of its own; choose a CT preset or "
                              "percentile")
-    volume = read_nifti_volume(path)
+    volume, codes = _nifti_volume(path)
     index = _choose_slice(volume.shape[2], slice_index, path)
     values = radiological_slice(volume, index)
     # NIfTI has no modality: values in Hounsfield units (air near -1000) mark CT; MR, PET and z-scores stay far above
     used = window or default_window("CT" if float(volume.min()) <= -500 else None)
-    return LoadedImage(_as_rgb(to_display(values, window=used), path), "nifti", None, index, used)
+    where = NiftiSlice(path, index, volume.shape[2], codes)
+    return LoadedImage(_as_rgb(to_display(values, window=used), path), "nifti", None, index, used,
+                       display_note=where.note(), nifti=where)
 
 
 def _choose_slice(count: int, slice_index: int | None, path: Path) -> int:
