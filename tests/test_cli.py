@@ -53,6 +53,34 @@ def test_segment_png_with_scripted_policy(tmp_path, med2d_manifest):
     assert np.asarray(Image.open(out / "mask.png")).shape == np.asarray(Image.open(pair.image)).shape[:2]
 
 
+def mark_at(picture: np.ndarray, x: float, y: float) -> str | None:
+    """'positive' / 'negative' when a click mark's disc covers (x, y) (normalised) in a picture, else None."""
+    from ibisagent.imaging.overlay import click_radius
+
+    height, width = picture.shape[:2]
+    offset = click_radius(picture.shape) // 2 + 1  # inside the disc, off the plus/minus sign
+    r, g, b = (int(v) for v in picture[min(int(y * height) + offset, height - 1), min(int(x * width) + offset, width - 1)])
+    return "positive" if g > 200 and r < 60 and b < 60 else "negative" if r > 200 and g < 60 and b < 60 else None
+
+
+def test_overlays_mark_the_clicks_made_so_far(tmp_path, demo_image):
+    """turn_NN.png shows the clicks up to that turn: a green plus disc for positive, a red minus disc for negative."""
+    image = tmp_path / "mr.png"
+    Image.fromarray(demo_image).save(image)  # grey: no pixel of its own is pure green or red
+    responses = tmp_path / "answers.txt"
+    responses.write_text("<think>in</think><action>Positive Point (0.2500, 0.4500)</action>\n"
+                         "<think>out</think><action>Negative Point (0.7000, 0.6000)</action>\n"
+                         "<think>done</think><action>Terminate</action>\n")
+    out = tmp_path / "run"
+    done = ibis("segment", image, "--query", "Segment the liver.", "--policy", "scripted", "--responses", responses,
+                "--out", out)
+    assert done.returncode == 0, done.stderr
+    first, second, last = (np.asarray(Image.open(out / f"turn_{i:02d}.png").convert("RGB")) for i in range(3))
+    assert (mark_at(first, 0.25, 0.45), mark_at(first, 0.7, 0.6)) == ("positive", None)
+    for picture in (second, last, np.asarray(Image.open(out / "overlay.png").convert("RGB"))):
+        assert (mark_at(picture, 0.25, 0.45), mark_at(picture, 0.7, 0.6)) == ("positive", "negative")
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda d: ["segment", d / "absent.png", "--query", "liver"], "no such file"),
     (lambda d: ["segment", d / "corrupt.png", "--query", "liver"], "not a readable image"),
@@ -193,6 +221,9 @@ def test_segment_dicom_writes_a_valid_seg(tmp_path):
     assert [s.label for s in list_segments(out / "seg.dcm")] == ["liver"]
     mask = segment_mask(out / "seg.dcm", sidecar["source_sop_instance_uid"])
     assert int(mask.sum()) == trajectory["final_mask_area"] > 0
+    overlay = np.asarray(Image.open(out / "seg_overlay.png").convert("RGB"))  # the segmented slice, for a person
+    assert overlay.shape[:2] == mask.shape and mark_at(overlay, 0.3, 0.45) == "positive"
+    assert "seg_overlay.png" in done.stdout
 
 
 @pytest.mark.parametrize("query, label, how, code_type", [

@@ -164,7 +164,8 @@ def _segment_dicom(args: argparse.Namespace) -> int:
         raise CommandError(f"run ended with {result.status.value}: {result.error or 'the policy gave no usable answer'}; "
                            "nothing written")
     print(f"{run.result.status.value} after {len(run.result.turns)} turn(s); segment {run.label!r}, "
-          f"{int(run.result.mask.sum())} px -> {run.written.path} (+ {Path(run.written.sidecar).name})")
+          f"{int(run.result.mask.sum())} px -> {run.written.path} (+ {Path(run.written.sidecar).name}, "
+          f"{run.overlay.name})")
     return 0
 
 

@@ -12,16 +12,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from .agent import AgentResult
+from .tools.base import Click
 from .imaging.orientation import IDENTITY, DisplayTransform
 from .imaging.nifti import NiftiSlice
-from .imaging.overlay import overlay_mask
+from .imaging.overlay import mark_clicks, overlay_mask
 
-__all__ = ["write_run", "write_json_atomic", "save_torch_atomic", "publish", "check_output_dir", "check_output_file"]
+__all__ = ["write_run", "write_json_atomic", "save_torch_atomic", "publish", "check_output_dir", "check_output_file",
+           "marked_overlay", "clicks_by_turn", "write_image_atomic"]
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -101,28 +104,62 @@ def write_json_atomic(path: str | Path, data: object) -> None:
         raise
 
 
+def marked_overlay(image: np.ndarray, mask: np.ndarray, clicks: Sequence[Click],
+                   display: DisplayTransform = IDENTITY) -> np.ndarray:
+    """The picture for a person: the mask over the image and the clicks marked, in the input's stored order.
+
+    `image`, `mask` and the clicks are in the agent's view; the marks are drawn
+    there and move with the pixels when `display` maps them back.
+    """
+    return display.to_stored(mark_clicks(overlay_mask(image, mask), clicks))
+
+
+def clicks_by_turn(result: AgentResult) -> list[list[Click]]:
+    """The clicks made up to and including each turn (clicks the run started with count from the first)."""
+    executed = sum(1 for turn in result.turns if turn.mask_area is not None)
+    made = len(result.clicks) - executed
+    so_far = []
+    for turn in result.turns:
+        made += turn.mask_area is not None
+        so_far.append(list(result.clicks[:made]))
+    return so_far
+
+
+def write_image_atomic(path: str | Path, pixels: np.ndarray) -> None:
+    """A PNG written aside and moved into place, so a reader never sees half of it."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        Image.fromarray(pixels).save(temporary, format="PNG")
+        publish(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def write_run(out_dir: str | Path, image: np.ndarray, result: AgentResult, turn_masks: list[np.ndarray],
               metadata: dict, display: DisplayTransform = IDENTITY, nifti: NiftiSlice | None = None) -> list[Path]:
     """mask.png (0/255 at image size), overlay.png, turn_NN.png per turn, trajectory.json.
 
     `image` and the masks are as the agent saw them; `display` (the reader's)
     puts every picture back in the input's stored pixel order, so mask.png
-    lies on the input's pixels. The trajectory's clicks stay where the agent
-    clicked (callers say in `metadata["display"]` how that view was made).
-    A NIfTI slice (`nifti`) also gets mask.nii.gz, the mask on the input's
-    voxel grid.
+    lies on the input's pixels. The overlays mark the clicks made so far. The
+    trajectory's clicks stay where the agent clicked (callers say in
+    `metadata["display"]` how that view was made). A NIfTI slice (`nifti`)
+    also gets mask.nii.gz, the mask on the input's voxel grid.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
-        stored_image, final_mask = display.to_stored(image), display.to_stored(result.mask)
+        final_mask = display.to_stored(result.mask)
         Image.fromarray(final_mask.astype(np.uint8) * 255).save(staging / "mask.png")
         if nifti is not None:
             nifti.write_mask(result.mask, staging / "mask.nii.gz")
-        Image.fromarray(overlay_mask(stored_image, final_mask)).save(staging / "overlay.png")
-        for index, mask in enumerate(turn_masks):
-            Image.fromarray(overlay_mask(stored_image, display.to_stored(mask))).save(staging / f"turn_{index:02d}.png")
+        Image.fromarray(marked_overlay(image, result.mask, result.clicks, display)).save(staging / "overlay.png")
+        for index, (mask, clicks) in enumerate(zip(turn_masks, clicks_by_turn(result))):
+            Image.fromarray(marked_overlay(image, mask, clicks, display)).save(staging / f"turn_{index:02d}.png")
         with (staging / "trajectory.json").open("w") as stream:
             json.dump({**metadata, **result.trajectory()}, stream, indent=2)
             stream.write("\n")

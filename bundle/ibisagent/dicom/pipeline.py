@@ -15,6 +15,7 @@ import numpy as np
 
 from ..agent import Agent, AgentResult, TurnCallback
 from ..labels import LabelChoice, choose_label
+from ..outputs import marked_overlay, write_image_atomic
 from ..policies.base import Policy
 from ..policies.query_encoder import shared_query_encoder
 from ..prompting import PromptSet
@@ -34,6 +35,7 @@ class DicomSegmentationRun:
     written: WrittenSeg | None  # None when the run did not complete: nothing was written
     label_choice: LabelChoice  # how the label was chosen (given, named in the query, inferred, none)
     code: SegmentCode  # the segment's codes (generic Tissue when the label has no specific one)
+    overlay: Path | None = None  # the segmented slice with the mask and the clicks, for a person (stored order)
 
     @property
     def completed(self) -> bool:
@@ -46,7 +48,8 @@ def segment_dicom(series_dir: str | Path | Sequence[str | Path], query: str, out
                   window: str | None = None, series_uid: str | None = None, human_clicked: bool = False,
                   on_turn: TurnCallback | None = None, file_name: str = "seg.dcm", tool_name: str | None = None,
                   policy_name: str | None = None, series: DicomSeries | None = None) -> DicomSegmentationRun:
-    """Read the series, run the agent on the chosen slice, write `out_dir/seg.dcm` and `seg.json`.
+    """Read the series, run the agent on the chosen slice, write `out_dir/seg.dcm`, `seg.json` and
+    `seg_overlay.png` (the slice with the mask and the clicks, in the stored pixel order).
 
     `label` names the segment and picks its codes (see `codes.code_for_label`);
     without it the label comes from the query (`labels.choose_label`: a known
@@ -88,4 +91,6 @@ def segment_dicom(series_dir: str | Path | Sequence[str | Path], query: str, out
         written = write_segmentation(Path(out_dir) / file_name, series.source, mask, segment_label,
                                      frame_index=series.frame_index, human_clicked=human_clicked,
                                      trajectory=trajectory)
-    return DicomSegmentationRun(series, result, segment_label, written, choice, code)
+    overlay = Path(out_dir) / f"{Path(file_name).stem}_overlay.png"
+    write_image_atomic(overlay, marked_overlay(series.rgb, result.mask, result.clicks, series.display))
+    return DicomSegmentationRun(series, result, segment_label, written, choice, code, overlay)
