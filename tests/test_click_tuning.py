@@ -116,8 +116,8 @@ def test_short_training_run_resumes_and_its_decoder_loads(tmp_path, med2d_manife
         shortfall = sum(max(0.0, base[s]["box_iou"] - box) for s, box in epoch["box_iou_by_source"].items())
         assert epoch["box_shortfall"] == pytest.approx(shortfall)
         assert epoch["score"] == pytest.approx((epoch["iou@1"] + epoch["iou@5"]) / 2 - shortfall)
-    tuned = build_tool({"kind": "lite-medsam", "decoder_checkpoint": str(out / "best_decoder.pt")})
-    base = build_tool("lite-medsam-base")
+    tuned = build_tool({"kind": "lite-medsam", "decoder_checkpoint": str(out / "best_decoder.pt")}, backend="torch")
+    base = build_tool("lite-medsam-base", backend="torch")
     embedding = base.encode(demo_image)
     a = tuned.predict(embedding, [Click(0.3, 0.45, True)]).low_res_logits
     b = base.predict(embedding, [Click(0.3, 0.45, True)]).low_res_logits

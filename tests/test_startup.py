@@ -48,7 +48,7 @@ def test_entries_are_keyed_by_the_weights_and_exported_once(tmp_path, monkeypatc
     first = cached_graphs("test", "1", [weights], export)
     assert cached_graphs("test", "1", [weights], export) == first and len(calls) == 1
     assert (first / "graph.onnx").read_text() == "graph" and first.parent == tmp_path / "cache" / "graphs"
-    weights.write_bytes(b"weights v2")  # new shipped weights: a new entry, exported again
+    weights.write_bytes(b"weights v2, retrained")  # new shipped weights: a new entry, exported again
     second = cached_graphs("test", "1", [weights], export)
     assert second != first and len(calls) == 2
     assert cached_graphs("test", "2", [weights], export) not in (first, second)  # a new export layout too
@@ -57,7 +57,7 @@ def test_entries_are_keyed_by_the_weights_and_exported_once(tmp_path, monkeypatc
         (folder / "half.onnx").write_text("half")
         raise RuntimeError("killed mid-export")
 
-    weights.write_bytes(b"weights v3")
+    weights.write_bytes(b"weights v3, longer still")
     with pytest.raises(RuntimeError, match="killed"):
         cached_graphs("test", "1", [weights], broken)
     names = sorted(path.name for path in (tmp_path / "cache" / "graphs").iterdir())

@@ -149,7 +149,7 @@ def test_decoders_run_a_batch_of_images(lite_tool, onnx_tool, demo_image):
 def test_box_only_prompts_keep_the_wheel_decoder(lite_tool, onnx_tool, demo_image):
     """The default tool answers a box alone with the wheel's decoder (masks exactly as before tuning)
     and any prompt with a click with the click-tuned one; its ONNX export does the same."""
-    base, tuned = build_tool("lite-medsam-base"), build_tool("lite-medsam-tuned")
+    base, tuned = build_tool("lite-medsam-base", backend="torch"), build_tool("lite-medsam-tuned", backend="torch")
     embedding = lite_tool.encode(demo_image)
     box, clicks = (38, 62, 190, 262), [Click(0.3, 0.45, True), Click(0.2, 0.6, False)]
 

@@ -29,7 +29,7 @@ __all__ = ["GraphCacheError", "cache_root", "cached_graphs", "file_sha256"]
 COMPLETE = "complete.json"  # written last inside an entry: its presence marks the entry whole
 
 
-class GraphCacheError(RuntimeError):
+class GraphCacheError(ValueError):
     """Graphs that are not cached and cannot be exported here (no torch)."""
 
 
@@ -69,6 +69,7 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     sha = digest.hexdigest()
+    memo = {name: known for name, known in memo.items() if Path(name).exists()}  # forget files gone since
     memo[str(path)] = {"stamp": stamp, "sha256": sha}
     try:
         memo_path.parent.mkdir(parents=True, exist_ok=True)
