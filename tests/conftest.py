@@ -17,6 +17,47 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 MED2D = SHARED_DATA / "med2d"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_tests(tmp_path_factory):
+    """Every server, stub, worker or writer a test starts is gone when the tests end.
+
+    What a test starts names this session's temporary folder on its command
+    line (a model repository, an app folder, an output): any such process
+    still alive at the end is killed here and reported as an error (a leaked
+    triton_python_backend_stub was found once).
+    """
+    import os
+    import time
+
+    try:
+        import psutil
+    except ImportError:  # the stress extra is absent: nothing to look with
+        yield
+        return
+    base, started = str(tmp_path_factory.getbasetemp()), time.time()
+    yield
+
+    def leaked() -> list:
+        found = []
+        for process in psutil.process_iter(["pid", "cmdline", "create_time"]):
+            info = process.info
+            if (info["pid"] != os.getpid() and (info["create_time"] or 0) >= started - 1
+                    and any(base in part for part in info["cmdline"] or [])):
+                found.append(process)
+        return found
+
+    deadline = time.monotonic() + 10  # a server told to stop may take a moment to be reaped
+    while (left := leaked()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    described = [f"{p.pid} {' '.join(p.info['cmdline'])[:160]}" for p in left]
+    for process in left:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not described, "processes started by the tests outlived them (killed now):\n" + "\n".join(described)
+
+
 @pytest.fixture(scope="session")
 def lite_tool():
     from ibisagent.tools.factory import build_tool

@@ -413,10 +413,10 @@ def _merge_lora(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """Start Triton on the model repository, print one ready line, serve until SIGINT/SIGTERM/SIGHUP."""
-    from .serving.environment import find_triton, setup_server_env
-    from .serving.lifetime import stop_signals_interrupt
+    from .serving.environment import ServerError, find_triton, setup_server_env
+    from .serving.lifetime import serve_until_stopped, stop_signals_interrupt
     from .serving.repository import MLLM_MODEL, SAM_MODELS, prepare_repository
-    from .serving.server import TritonServer, serve_until_signal
+    from .serving.server import TritonServer
 
     models = args.model or [*SAM_MODELS, *([MLLM_MODEL] if args.mllm_path else [])]
     if args.setup:
@@ -434,16 +434,19 @@ def _serve(args: argparse.Namespace) -> int:
             server.start(args.start_timeout)
         except KeyboardInterrupt:
             return 130
-        print(f"ready: Triton at {server.grpc_url} (gRPC), models {', '.join(models)}; "
-              f"use --server {server.grpc_url}", flush=True)
-        serve_until_signal(server)
+        code = serve_until_stopped(server, lambda: print(
+            f"ready: Triton at {server.grpc_url} (gRPC), models {', '.join(models)}; use --server {server.grpc_url}",
+            flush=True))
+    if code is not None:
+        raise ServerError(f"tritonserver on {server.grpc_url} exited with status {code}: {server.last_error()}")
     return 0
 
 
 def _label_serve(args: argparse.Namespace) -> int:
-    """Start MONAI Label with the ibisagent app, print one ready line, serve until SIGINT/SIGTERM."""
+    """Start MONAI Label with the ibisagent app, print one ready line, serve until SIGINT/SIGTERM/SIGHUP."""
     from .label.environment import setup_label_env
     from .label.server import LabelServer, write_app_folder
+    from .serving.lifetime import serve_until_stopped, stop_signals_interrupt
 
     if args.setup:
         print(f"MONAI Label environment: {setup_label_env(args.label_env)}", flush=True)
@@ -456,21 +459,14 @@ def _label_serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     server = LabelServer(args.studies, args.app_dir, host=args.host, port=args.port, label_env=args.label_env,
                          conf={"tool": args.tool})
-    try:
-        server.start(args.start_timeout)
-    except KeyboardInterrupt:
-        return 130
-    print(f"ready: MONAI Label at {server.url}, infer task ibisagent (studies {args.studies})", flush=True)
-    import signal
-    import threading
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set() and server.running():
-        stop.wait(0.5)
-    code = server.stop()
-    if not stop.is_set():
+    with stop_signals_interrupt():  # systemd, docker stop and a closed terminal stop it as Ctrl-C does
+        try:
+            server.start(args.start_timeout)
+        except KeyboardInterrupt:
+            return 130
+        code = serve_until_stopped(server, lambda: print(
+            f"ready: MONAI Label at {server.url}, infer task ibisagent (studies {args.studies})", flush=True))
+    if code is not None:
         raise CommandError(f"monailabel exited with status {code}: {server.last_error()}")
     return 0
 

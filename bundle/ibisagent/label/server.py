@@ -21,6 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Mapping
 
+from ..serving.lifetime import child_dies_with_parent, signals_deferred
 from .environment import LabelServerError, monailabel_python
 
 __all__ = ["LabelServer", "write_app_folder"]
@@ -90,7 +91,8 @@ class LabelServer:
         """Start and wait until `/info/` lists our task; raise LabelServerError otherwise."""
         self.process = subprocess.Popen(self.command(), env=self._environment(), stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                        errors="replace", start_new_session=True)
+                                        errors="replace", start_new_session=True,
+                                        preexec_fn=child_dies_with_parent())  # no orphan if we are killed
         self._reader = threading.Thread(target=self._forward_log, name="monailabel-log", daemon=True)
         self._reader.start()
         try:
@@ -127,22 +129,24 @@ class LabelServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL what is left of its process group (the agent's worker included)."""
+        """SIGTERM, wait, then SIGKILL what is left of its process group (the agent's worker included);
+        further stop signals wait until it is done."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        with signals_deferred():
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
             try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        code = self.process.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+            code = self.process.wait()
+            if self._reader is not None:
+                self._reader.join(timeout=5)
         return code
 
     def __enter__(self) -> LabelServer:

@@ -17,10 +17,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
-__all__ = ["STOP_SIGNALS", "StopRequested", "child_dies_with_parent", "signals_deferred", "stop_signals_interrupt"]
+__all__ = ["STOP_SIGNALS", "StopRequested", "child_dies_with_parent", "serve_until_stopped", "signals_deferred",
+           "stop_signals_interrupt"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
@@ -88,3 +91,23 @@ def child_dies_with_parent() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return preexec
+
+
+class Stoppable(Protocol):
+    def running(self) -> bool: ...
+
+    def stop(self) -> int | None: ...
+
+
+def serve_until_stopped(server: Stoppable, ready: Callable[[], None] = lambda: None) -> int | None:
+    """Call `ready` (the ready line), then wait while the server runs. A stop signal (under
+    `stop_signals_interrupt`) stops it: None, even while the ready line is still being written. A server that
+    exits on its own is reaped: its exit status, for the caller's error."""
+    try:
+        ready()
+        while server.running():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        server.stop()
+        return None
+    return server.stop()

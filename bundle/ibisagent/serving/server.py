@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Sequence
 from .environment import ServerError, TritonInstall, find_triton
 from .lifetime import child_dies_with_parent, signals_deferred
 
-__all__ = ["TritonServer", "ServerError", "serve_until_signal"]
+__all__ = ["TritonServer", "ServerError"]
 
 LogSink = Callable[[str], None]
 
@@ -165,16 +165,3 @@ class TritonServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def serve_until_signal(server: TritonServer) -> None:
-    """Block until a stop signal (under `lifetime.stop_signals_interrupt`), then stop the server cleanly;
-    raise ServerError if it died on its own."""
-    try:
-        while server.running():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        server.stop()
-        return
-    code = server.stop()
-    raise ServerError(f"tritonserver on {server.grpc_url} exited with status {code}: {server.last_error()}")

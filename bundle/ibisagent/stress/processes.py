@@ -34,14 +34,17 @@ def wait_gone(pgid: int, timeout: float) -> float | None:
     return None
 
 
-def wait_for_child(pid: int, name: str, timeout: float) -> int | None:
-    """The pid of a child of `pid` whose executable name contains `name`, once it exists (None after timeout)."""
+def wait_for_child(pid: int, marker: str, timeout: float) -> int | None:
+    """The pid of a descendant of `pid` whose command line contains `marker`, once it exists (None after timeout)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             for child in psutil.Process(pid).children(recursive=True):
-                if name in child.name():
-                    return child.pid
+                try:
+                    if any(marker in part for part in child.cmdline()):
+                        return child.pid
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    continue
         except psutil.NoSuchProcess:
             return None
         time.sleep(0.1)
