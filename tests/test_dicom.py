@@ -429,7 +429,7 @@ def test_blank_series_uid_and_invalid_uid_are_refused(ct3, tmp_path):
     with pytest.raises(DicomSeriesError, match="SeriesInstanceUID is missing or blank in 3 image"):
         read_series(tmp_path / "a", slice_index=0)
     copy_series(ct3, tmp_path / "b", lambda ds, i: setattr(ds, "StudyInstanceUID", "1.2.abc") if i == 0 else None)
-    with pytest.raises(DicomSeriesError, match="StudyInstanceUID '1.2.abc' is not a valid UID"):
+    with pytest.raises(DicomSeriesError, match=r"StudyInstanceUID \(a value of 7 characters, not shown\) is not"):
         read_series(tmp_path / "b", slice_index=0)
 
 
@@ -661,7 +661,7 @@ def test_unreadable_frame_count_is_refused_by_both_readers(ct3, tmp_path):
     dataset = pydicom.dcmread(ct3 / "02.dcm")
     dataset[0x00280008] = DataElement(0x00280008, "LO", "1A")  # NumberOfFrames, not a number
     dataset.save_as(tmp_path / "02.dcm")
-    message = r"02\.dcm: NumberOfFrames '1A' is not a positive whole number"
+    message = r"02\.dcm: NumberOfFrames \(a value of 2 characters, not shown\) is not a positive whole number"
     with pytest.raises(ImageReadError, match=message):
         read_image(tmp_path / "02.dcm")
     with pytest.raises(DicomSeriesError, match=message):

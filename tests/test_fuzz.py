@@ -106,3 +106,151 @@ def test_prompt_files_whose_turns_could_misrender_are_refused(tmp_path, template
     path.write_text(f"system: S\nfirst_turn: {template!r}\nrefinement_turn: 'R {{query}}'\n")
     with pytest.raises(ValueError, match=reason):
         load_prompts(path)
+
+
+# ---------------------------------------------------------------------------------------------- DICOM mutations
+
+def test_every_mutated_dicom_input_ends_in_a_result_or_a_one_line_refusal():
+    """Mutations of the real series of ../shared/data/dicom and pydicom's test files through the readers and the
+    SEG writer (read back, and checked by dciodvfy where installed), each case in a worker under a time and
+    memory bound."""
+    from pathlib import Path
+
+    from pydicom.data import get_testdata_files
+
+    from conftest import SHARED_DATA
+    from ibisagent.stress.dicom_fuzz import fuzz_dicom
+    from ibisagent.stress.dicom_mutations import seeds_from
+
+    folders = sorted(p for p in (SHARED_DATA / "dicom").iterdir() if p.is_dir()) if SHARED_DATA.is_dir() else []
+    seeds = seeds_from(folders, [Path(p) for p in get_testdata_files("*")])
+    report = fuzz_dicom(seeds, 40, seed=22, time_limit=60)
+    print(f"\n{report.cases} cases, {report.inputs} calls: {dict(report.steps)}; "
+          f"slowest {report.slowest_seconds:.1f} s")
+    assert report.cases == 40 and report.steps[("read_series", "result")] > 0  # some inputs still read
+    assert report.failures == []
+
+
+def test_a_seg_on_a_source_without_frame_of_reference_reads_back(tmp_path):
+    """A secondary capture has Pixel Spacing, no Slice Thickness, no Frame of Reference: highdicom writes such a
+    SEG (dciodvfy accepts it) but its reader refused it with an AttributeError."""
+    import numpy as np
+    from pydicom.data import get_testdata_file
+
+    from ibisagent.dicom.seg_writer import segment_mask, write_segmentation
+    from ibisagent.dicom.series import read_series
+
+    series = read_series(get_testdata_file("SC_rgb_gdcm_KY.dcm"), slice_index=0)
+    assert "FrameOfReferenceUID" not in series.source
+    mask = np.zeros((int(series.source.Rows), int(series.source.Columns)), bool)
+    mask[10:40, 20:50] = True
+    written = write_segmentation(tmp_path / "seg.dcm", series.source, mask, "liver")
+    assert np.array_equal(segment_mask(written.path, series.sop_instance_uid), mask)
+
+
+def test_an_invalid_frame_of_reference_uid_is_refused_before_it_reaches_a_seg(tmp_path):
+    """An 81-character FrameOfReferenceUID passed the reader and was copied into a SEG dciodvfy rejects."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ibisagent.dicom.series import DicomSeriesError, read_series
+
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.FrameOfReferenceUID = "1." * 40 + "1"
+    dataset.save_as(tmp_path / "ct.dcm")
+    with pytest.raises(DicomSeriesError, match="ct.dcm: FrameOfReferenceUID '1.1.1.* is not a valid UID"):
+        read_series(tmp_path, slice_index=0)
+
+
+def test_pixel_data_no_decoder_can_read_is_refused_in_one_line(tmp_path):
+    """pydicom's decoders list each plugin's error on its own line: the refusal was several lines."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ibisagent.dicom.series import read_series
+
+    dataset = pydicom.dcmread(get_testdata_file("SC_rgb_rle_16bit_2frame.dcm"))
+    dataset.PixelData = dataset.PixelData[: len(dataset.PixelData) // 2]
+    dataset.save_as(tmp_path / "rle.dcm")
+    with pytest.raises(ValueError, match="rle.dcm: pixel data cannot be decoded") as refused:
+        read_series(tmp_path / "rle.dcm", slice_index=0)
+    assert "\n" not in str(refused.value)
+
+
+def _dciodvfy_errors(path) -> list[str]:
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        return []
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_a_text_element_stored_under_another_vr_is_rewritten_for_the_seg(tmp_path):
+    """An Accession Number stored as DS (a damaged header) was copied into the SEG as DS, which dciodvfy rejects."""
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ibisagent.dicom.seg_writer import write_segmentation
+    from ibisagent.dicom.series import read_series
+
+    data = open(get_testdata_file("examples_rgb_color.dcm"), "rb").read()
+    assert data.count(b"\x08\x00\x50\x00SH") == 1
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rgb.dcm").write_bytes(data.replace(b"\x08\x00\x50\x00SH", b"\x08\x00\x50\x00DS"))
+    series = read_series(tmp_path / "in", slice_index=0)
+    mask = np.zeros((int(series.source.Rows), int(series.source.Columns)), bool)
+    mask[5:20, 5:20] = True
+    written = write_segmentation(tmp_path / "seg.dcm", series.source, mask, "liver")
+    assert pydicom.dcmread(written.path)["AccessionNumber"].VR == "SH"
+    assert _dciodvfy_errors(written.path) == []
+
+
+def test_a_frame_of_reference_without_geometry_is_not_copied_into_the_seg(tmp_path):
+    """A secondary capture with a Frame of Reference but no orientation: highdicom wrote a SEG without Slice
+    Thickness that dciodvfy rejects and its reader refuses."""
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    from ibisagent.dicom.seg_writer import segment_mask, write_segmentation
+    from ibisagent.dicom.series import read_series
+
+    dataset = pydicom.dcmread(get_testdata_file("SC_rgb_gdcm_KY.dcm"))
+    dataset.FrameOfReferenceUID = generate_uid()
+    dataset.save_as(tmp_path / "sc.dcm")
+    series = read_series(tmp_path / "sc.dcm", slice_index=0)
+    mask = np.zeros((int(series.source.Rows), int(series.source.Columns)), bool)
+    mask[10:40, 20:50] = True
+    written = write_segmentation(tmp_path / "seg.dcm", series.source, mask, "liver")
+    assert "FrameOfReferenceUID" not in pydicom.dcmread(written.path)
+    assert np.array_equal(segment_mask(written.path, series.sop_instance_uid), mask)
+    assert _dciodvfy_errors(written.path) == []
+
+
+def test_damaged_uids_are_not_quoted_in_refusals(tmp_path):
+    """A damaged element can hold any bytes of the file: a refusal quoted a SOP Class UID holding the patient's
+    name. UIDs made of digits and dots are still quoted."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ibisagent.dicom.series import read_series
+    from ibisagent.imaging.io import read_image
+
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.SOPClassUID = "1.2.840\\CANARY^NAME"
+    del dataset.PixelData
+    dataset.save_as(tmp_path / "nopixels.dcm")
+    with pytest.raises(ValueError, match="no pixel data \\(an invalid SOP Class UID\\)") as refused:
+        read_image(tmp_path / "nopixels.dcm")
+    assert "CANARY" not in str(refused.value)
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.SOPInstanceUID = "1.2.CANARY^NAME"
+    (tmp_path / "series").mkdir()
+    dataset.save_as(tmp_path / "series" / "ct.dcm")
+    with pytest.raises(ValueError, match=r"SOPInstanceUID \(a value of 15 characters, not shown\) is not") as refused:
+        read_series(tmp_path / "series", slice_index=0)
+    assert "CANARY" not in str(refused.value)

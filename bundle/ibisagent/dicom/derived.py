@@ -19,7 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from pydicom import config
+from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import validate_value
 
 from .withheld import values_withheld
 
@@ -31,6 +36,9 @@ log = logging.getLogger(__name__)
 TYPE2 = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS",
          "StudyDate": "DA", "StudyTime": "TM", "ReferringPhysicianName": "PN", "StudyID": "SH",
          "AccessionNumber": "SH"}
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+_GEOMETRY = ("ImageOrientationPatient", "SliceThickness", "SharedFunctionalGroupsSequence",
+             "PerFrameFunctionalGroupsSequence")
 _PHI_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "ReferringPhysicianName")
 
 
@@ -84,7 +92,12 @@ def source_header(source: Dataset) -> tuple[Dataset, list[str]]:
     Repairs: an empty Specific Character Set is removed (it means the default
     repertoire, but highdicom refuses ''); absent Type 2 patient/study
     attributes are added empty; malformed dates/times are emptied (Type 2
-    allows empty; a malformed one would make the object invalid).
+    allows empty; a malformed one would make the object invalid); a text
+    element stored under another text VR (a damaged header) is rewritten under
+    its own VR, or left out when its value is not valid there; a Frame of
+    Reference with neither orientation nor slice thickness (it places nothing,
+    and highdicom would write a SEG without the Slice Thickness it then
+    requires) is not copied.
     """
     header = Dataset()
     repaired: list[str] = []
@@ -92,6 +105,15 @@ def source_header(source: Dataset) -> tuple[Dataset, list[str]]:
         for element in source:
             if element.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
                 continue
+            expected = _dictionary_vr(element)
+            if expected is not None:  # a damaged header: copied as it is, the SEG would be invalid
+                fixed = _with_vr(element, expected)
+                name = element.keyword or str(element.tag)
+                if fixed is None:
+                    repaired.append(f"{name} had VR {element.VR}, not {expected}, and no valid value: left out")
+                    continue
+                repaired.append(f"{name} had VR {element.VR}, not {expected}: rewritten as {expected}")
+                element = fixed
             if element.VR in ("DA", "TM", "DT") and not _valid_temporal(element):
                 header.add_new(element.tag, element.VR, None)
                 repaired.append(f"{element.keyword or element.tag} was not a valid {element.VR}: left empty")
@@ -106,7 +128,34 @@ def source_header(source: Dataset) -> tuple[Dataset, list[str]]:
         if keyword not in header:
             header.add_new(keyword, vr, None)
             repaired.append(f"{keyword} (Type 2) was absent: added empty")
+    if "FrameOfReferenceUID" in header and not any(keyword in header for keyword in _GEOMETRY):
+        del header.FrameOfReferenceUID  # it places nothing, and highdicom would write an invalid SEG for it
+        repaired.append("FrameOfReferenceUID without orientation or slice thickness: not copied")
     return header, repaired
+
+
+def _dictionary_vr(element: DataElement) -> str | None:
+    """The VR the standard gives a public text element that holds another text VR, else None (nothing to do)."""
+    if element.tag.is_private or element.VR not in _TEXT_VRS:
+        return None
+    try:
+        expected = dictionary_VR(element.tag)
+    except KeyError:
+        return None
+    return expected if expected in _TEXT_VRS and expected != element.VR else None
+
+
+def _with_vr(element: DataElement, vr: str) -> DataElement | None:
+    """The element's text under `vr`, or None where the text is not valid there."""
+    value = element.value
+    if value is None or value == "":
+        return DataElement(element.tag, vr, None)
+    text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
+    try:
+        validate_value(vr, text, config.RAISE)
+    except ValueError:
+        return None
+    return DataElement(element.tag, vr, text)
 
 
 def _phi_values(source: Dataset) -> list[str]:

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ..imaging.windowing import CT_WINDOWS, default_window, to_display
-from .withheld import values_withheld
+from .withheld import shown_value, values_withheld
 
 __all__ = ["COLOUR_INTERPRETATIONS", "DICOM_WINDOWS", "FILE_WINDOW", "DicomPixelError", "check_window",
            "decoded_pixels", "display_rgb", "frame_count", "functional_group_item", "is_colour", "modality_values"]
@@ -41,7 +41,7 @@ def frame_count(dataset: Dataset, name: str) -> int:
     except (TypeError, ValueError):
         count = 0
     if count < 1:
-        raise DicomPixelError(f"{name}: NumberOfFrames {str(value)!r} is not a positive whole number")
+        raise DicomPixelError(f"{name}: NumberOfFrames {shown_value(value)} is not a positive whole number")
     return count
 
 
@@ -110,10 +110,25 @@ def decoded_pixels(dataset: Dataset, name: str) -> np.ndarray:
         with values_withheld():
             pixels = dataset.pixel_array
     except Exception as error:  # decoders and truncated files raise many types
-        raise DicomPixelError(f"{name}: pixel data cannot be decoded ({type(error).__name__}: {error})") from None
+        reason = " ".join(str(error).split())[:300]  # decoders list each plugin's error on its own line
+        raise DicomPixelError(f"{name}: pixel data cannot be decoded ({type(error).__name__}: {reason})") from None
+    _check_shape(pixels, dataset, name)
     if str(dataset.get("PhotometricInterpretation", "")) == _PALETTE:
         return _palette_rgb(pixels, dataset, name)
     return pixels
+
+
+def _check_shape(pixels: np.ndarray, dataset: Dataset, name: str) -> None:
+    """The decoded array must be what the header describes (a false transfer syntax or sample count can make a
+    decoder return something else)."""
+    frames = frame_count(dataset, name)
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    expected = ((frames,) if frames > 1 else ()) + (int(dataset.Rows), int(dataset.Columns)) + \
+        ((samples,) if samples > 1 else ())
+    if pixels.shape != expected:
+        raise DicomPixelError(f"{name}: the pixel data decodes to {'x'.join(map(str, pixels.shape))} values, not the "
+                              f"{'x'.join(map(str, expected))} its header describes (NumberOfFrames, Rows, Columns, "
+                              "SamplesPerPixel)")
 
 
 def modality_values(pixels: np.ndarray, dataset: Dataset, frame: int | None = None) -> np.ndarray:

@@ -207,9 +207,27 @@ def read_segmentation(path: str | Path) -> Segmentation:
 
     try:
         with values_withheld():  # reading may warn, quoting header values
-            return hd.seg.segread(str(path))
+            dataset = pydicom.dcmread(str(path))
+            _hide_measures_highdicom_refuses(dataset)
+            return hd.seg.Segmentation.from_dataset(dataset, copy=False)
     except Exception as error:  # highdicom/pydicom raise many types for foreign files
         raise SegWriteError(f"{Path(path).name}: not a readable DICOM Segmentation ({type(error).__name__})") from None
+
+
+def _hide_measures_highdicom_refuses(dataset: Dataset) -> None:
+    """Drop a shared Pixel Measures item that has Pixel Spacing but no Slice Thickness, in memory, when the SEG
+    has no Frame of Reference.
+
+    highdicom writes the SEG of a secondary capture or photo so (dciodvfy
+    accepts it), but its reader requires Slice Thickness there. The pixels map
+    to their source by reference, which the measures do not affect.
+    """
+    if str(dataset.get("FrameOfReferenceUID", "") or ""):
+        return
+    for group in dataset.get("SharedFunctionalGroupsSequence") or []:
+        measures = group.get("PixelMeasuresSequence")
+        if measures and len(measures) == 1 and "SliceThickness" not in measures[0]:
+            del group.PixelMeasuresSequence
 
 
 def _spatial_locations_preserved(seg: Segmentation) -> bool:

@@ -26,7 +26,7 @@ from ..imaging.orientation import (IDENTITY, DisplayTransform, orientation_note,
                                    standard_display)
 from .pixels import (DicomPixelError, check_window, decoded_pixels, display_rgb, frame_count, functional_group_item,
                      is_colour, modality_values)
-from .withheld import values_withheld
+from .withheld import shown_value, values_withheld
 
 __all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesWarning", "SeriesGeometry", "SeriesSummary",
            "SkippedFile", "display_orientation", "image_orientation", "list_series", "non_image_reason", "read_series",
@@ -209,7 +209,8 @@ def non_image_reason(dataset: Dataset) -> str | None:
     if "PixelData" not in dataset:
         if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
             return "float pixel data (parametric map): not supported"
-        kind = UID(sop_class).name if sop_class else "no SOP Class"
+        kind = (UID(sop_class).name if UID(sop_class).is_valid else "an invalid SOP Class UID") if sop_class else \
+            "no SOP Class"
         return f"no pixel data ({kind})"
     return None
 
@@ -280,7 +281,11 @@ def _check_uids(members: list[tuple[Path, Dataset]], root: Path) -> None:
                 raise DicomSeriesError(f"{_name(path, root)}: {keyword} is missing or blank; a DICOM-SEG must "
                                        "reference it, so this series cannot be used")
             if not UID(value).is_valid:
-                raise DicomSeriesError(f"{_name(path, root)}: {keyword} {value!r} is not a valid UID")
+                raise DicomSeriesError(f"{_name(path, root)}: {keyword} {shown_value(value)} is not a valid UID")
+        frame_of_reference = _uid_text(dataset, "FrameOfReferenceUID")  # optional, but the SEG copies it
+        if frame_of_reference and not UID(frame_of_reference).is_valid:
+            raise DicomSeriesError(f"{_name(path, root)}: FrameOfReferenceUID {shown_value(frame_of_reference)} is not "
+                                   "a valid UID")
         sop = _uid_text(dataset, "SOPInstanceUID")
         if sop in seen:
             raise DicomSeriesError(f"{_name(path, root)} and {seen[sop]} share one SOPInstanceUID; "

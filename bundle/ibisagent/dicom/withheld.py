@@ -8,13 +8,26 @@ their warnings and log records; every reader and writer here wraps them in
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-__all__ = ["values_withheld"]
+__all__ = ["shown_value", "values_withheld"]
 
 log = logging.getLogger(__name__)
+
+
+_NUMERIC = re.compile(r"[0-9.+\-eE ]{0,128}")
+
+
+def shown_value(value: object) -> str:
+    """A header value for an error message: quoted when it is numbers (a UID, a count), else only its length.
+
+    A damaged element can hold any bytes of the file, a patient's name among them.
+    """
+    text = str(value)
+    return repr(text) if _NUMERIC.fullmatch(text) else f"(a value of {len(text)} characters, not shown)"
 
 
 class _WithholdValues(logging.Filter):
