@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import signal
 
+import numpy as np
 import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient[grpc]) is not installed")
 
 from conftest import MED2D  # noqa: E402
-from test_triton import REPO, SERVER_ENV, copy_models, free_ports  # noqa: E402
+from test_triton import REPO, SERVER_ENV, copy_models, free_ports, triton_install  # noqa: E402,F401
 
 from ibisagent.serving.environment import ServerError, find_triton  # noqa: E402
 from ibisagent.serving.repository import SAM_MODELS, prepare_repository  # noqa: E402
@@ -65,3 +66,71 @@ def test_ibis_label_serve_takes_monailabel_down_with_it(label_args, signum, mome
     trial = serve_signal_trial(label_serve_command(*label_args, free_ports(1)[0]), signum, moment)
     assert trial.survived, trial
     assert trial.parent_exit == (-signal.SIGKILL if signum == signal.SIGKILL else 0), trial
+
+
+# ---------------------------------------------------------------------------------------------- killed while writing
+
+@pytest.mark.parametrize("kind", ["run", "seg", "checkpoint"])
+def test_a_writer_killed_at_any_moment_leaves_one_complete_output(tmp_path, kind):
+    """SIGKILL while a run folder, a SEG with its side-car, or a training checkpoint is rewritten: what is there is
+    the last complete output or the next one, never a mix (a run folder once mixed two runs; a SEG once sat beside
+    the previous run's side-car). The next write clears what the killed one left hidden."""
+    import random
+
+    from ibisagent.stress.faults import kill_while_writing
+    from ibisagent.stress.writers import check_output
+
+    rng = random.Random(22)
+    for attempt in range(3):
+        out = tmp_path / f"try{attempt}" / "out"
+        trial = kill_while_writing(kind, out, rng, max_delay=1.0)
+        assert trial.survived, trial
+    if kind == "run":  # a staging folder of the killed writer goes with the next write
+        from ibisagent.stress.writers import _write_run
+
+        _write_run(out, 99, np.full((192, 192, 3), 90, np.uint8))
+        assert check_output("run", out) == (99, [])
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------------------------------------- a full disk
+
+def test_a_full_disk_is_one_clear_error_and_leaves_nothing(onnx_dir):
+    """ibis segment and segment-dicom on a full disk: exit 2, one line naming the output and the cause, nothing
+    written, the earlier outputs intact; a checkpoint save names its file (torch alone says 'unexpected pos')."""
+    from ibisagent.stress.faults import full_disk_trials, small_disk
+
+    try:
+        with small_disk() as disk:
+            trials = full_disk_trials(disk, f"onnx:{onnx_dir}")
+    except OSError as error:
+        pytest.skip(str(error))
+    for trial in trials:
+        assert trial.survived, trial
+
+
+# ---------------------------------------------------------------------------------------------- a server that
+# restarts or freezes while a session is open
+
+@pytest.fixture()
+def faulty_server(serve_args, triton_install):
+    from test_triton import start_server
+
+    server = start_server(serve_args[0], triton_install)
+    yield server
+    server.stop()
+
+
+def test_a_session_survives_triton_restarting_between_its_clicks(faulty_server, demo_image, demo_reference):
+    from ibisagent.stress.faults import restarted_server_mid_session
+
+    trial = restarted_server_mid_session(faulty_server, demo_image, demo_reference)
+    assert trial.survived, trial
+
+
+def test_a_frozen_triton_is_a_bounded_named_error_and_serves_again_when_thawed(faulty_server, demo_image,
+                                                                               demo_reference):
+    from ibisagent.stress.faults import frozen_server_mid_session
+
+    trial = frozen_server_mid_session(faulty_server, demo_image, demo_reference)
+    assert trial.survived, trial

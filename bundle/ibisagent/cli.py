@@ -77,14 +77,14 @@ def _segment(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .imaging.io import read_image, read_mask
     from .metrics import iou
-    from .outputs import check_output_dir, write_run
+    from .outputs import check_run_folder, write_run
     from .policies import build_policy
     from .prompting import clean_query, load_prompts
     from .tools.factory import build_tool, parse_tool_spec
 
     clean_query(args.query)  # refused before any model loads
     tool_config = parse_tool_spec(args.tool)  # cheap checks before any model loads
-    check_output_dir(args.out)
+    check_run_folder(args.out)
     loaded = read_image(args.image, args.slice, args.window)
     if loaded.display_note:
         print(loaded.display_note, flush=True)

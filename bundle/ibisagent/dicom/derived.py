@@ -10,6 +10,7 @@ a temporary name in the destination folder, fsynced, then renamed.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -28,7 +29,8 @@ from pydicom.valuerep import validate_value
 
 from .withheld import values_withheld
 
-__all__ = ["DerivedObjectError", "TYPE2", "build_without_phi", "source_header", "write_atomic", "write_json_atomic"]
+__all__ = ["DerivedObjectError", "TYPE2", "build_without_phi", "source_header", "staged_file", "write_atomic",
+           "write_json_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +51,30 @@ class DerivedObjectError(ValueError):
 # ----------------------------------------------------------------------------- atomic files
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Temp file in the destination folder, fsync, then os.replace: readers never see half a file."""
+    """Encode in memory, write a hidden temporary beside `path` in full, then os.replace: readers never see half a
+    file, and a failed write (a full disk) leaves `path` as it was."""
+    buffer = io.BytesIO()
+    write(buffer)
+    os.replace(staged_file(path, buffer.getvalue()), path)
+
+
+def staged_file(path: Path, data: bytes) -> Path:
+    """`data` in full in a hidden temporary beside `path` (fsynced, mode 0644), for the caller to rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; a PACS sender running as another user must read it
+        os.chmod(temporary, 0o644)
         with os.fdopen(handle, "wb") as stream:
-            write(stream)
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise OSError(error.errno, f"cannot write {path}: {error.strerror or error}; nothing written") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return Path(temporary)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

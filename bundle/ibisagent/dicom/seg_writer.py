@@ -9,7 +9,10 @@ caller's datasets are never modified.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from .. import __version__
 from .codes import SegmentCode, code_for_label
-from .derived import TYPE2, build_without_phi, source_header, write_atomic, write_json_atomic
+from .derived import TYPE2, build_without_phi, source_header, staged_file
 from .pixels import DicomPixelError, frame_count
 from .withheld import values_withheld
 
@@ -174,15 +177,40 @@ def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray 
         # Without patient geometry (X-ray, photos, stripped headers) General Image needs PatientOrientation (2C).
         seg.PatientOrientation = source.get("PatientOrientation") or None
 
-    sidecar = None
-    if trajectory is not None:  # first, so a watcher that picks up the .dcm finds its side-car already there
-        sidecar = out_path.with_suffix(".json")
-        write_json_atomic(sidecar, _sidecar(out_path, seg, source, frame_index, stack, names, codes_used, human_clicked,
-                                      trajectory))
-    write_atomic(out_path, lambda stream: pydicom.dcmwrite(stream, seg, enforce_file_format=True))
+    encoded = io.BytesIO()
+    pydicom.dcmwrite(encoded, seg, enforce_file_format=True)
+    files = {out_path: encoded.getvalue()}
+    sidecar = out_path.with_suffix(".json") if trajectory is not None else None
+    if sidecar is not None:
+        files[sidecar] = (json.dumps(_sidecar(out_path, seg, source, frame_index, stack, names, codes_used,
+                                              human_clicked, trajectory), indent=2, default=str) + "\n").encode()
+    _publish_pair(files)
     log.info("wrote SEG %s (%d segment(s))", out_path.name, len(names))
     return WrittenSeg(out_path, sidecar, str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID), tuple(names),
                       tuple(codes_used))
+
+
+def _publish_pair(files: dict[Path, bytes]) -> None:
+    """The SEG and its side-car: both written in full to temporaries first (a full disk changes nothing), then
+    the earlier side-car removed, the SEG and the side-car renamed in place. A process killed at any moment
+    leaves the old pair, a SEG alone, or the new pair; never a side-car describing another SEG."""
+    temporaries: dict[Path, Path] = {}
+    folder = next(iter(files)).parent
+    made = not folder.exists()
+    try:
+        for path, data in files.items():
+            temporaries[path] = staged_file(path, data)
+        _, *sidecar = files
+        if sidecar:
+            sidecar[0].unlink(missing_ok=True)
+        for path, temporary in temporaries.items():
+            os.replace(temporary, path)
+    except BaseException:
+        for temporary in temporaries.values():
+            temporary.unlink(missing_ok=True)
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a folder made for a SEG that was never written
+        raise
 
 
 def _sidecar(out_path: Path, seg: Dataset, source: Dataset, frame_index: int | None, stack: np.ndarray,
