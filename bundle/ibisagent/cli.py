@@ -1,4 +1,4 @@
-"""The `ibis` command: segment, segment-dicom, demo, evaluate, export-onnx, serve, bench, train-tool, MLLM training.
+"""The `ibis` command: segment, segment-dicom, segment-volume, demo, evaluate, evaluate-volumes, export-onnx, serve, bench, train-tool, MLLM training.
 
 Every expected failure (bad input, unknown policy, unreachable server) ends
 with one line `ibis: error: ...` and exit status 2, and writes nothing.
@@ -140,6 +140,15 @@ def _segment_dicom(args: argparse.Namespace) -> int:
     from .tools.factory import build_tool, parse_tool_spec
 
     clean_query(args.query)  # refused before any model loads
+    if args.whole_series:
+        from .volume.readers import read_volume
+
+        if args.slice is not None:
+            raise CommandError("--whole-series segments every slice: give the slice to start from as --key-slice")
+        args.input = args.series_dir
+        volume = read_volume(args.series_dir, window=args.window, series_uid=args.series_uid,
+                             allow_uneven_spacing=args.allow_uneven_spacing)
+        return _volume_run(args, volume, args.label)
     tool_config = parse_tool_spec(args.tool)
     check_output_dir(args.out)
     series = read_series(args.series_dir, args.slice, args.series_uid, args.window)  # input errors before models load
@@ -195,6 +204,117 @@ def _deploy(args: argparse.Namespace) -> int:
                          max_turns=args.max_turns, rules_name=rules_name,
                          algorithm_parameters=algorithm_parameters(args.tool, args.policy, policy))
     print(f"wrote {', '.join(str(path) for path in written)}")
+    return 0
+
+
+def _print_slice(state, index, ended) -> None:
+    """The progress line of one slice propagation reached."""
+    if state is None:
+        print(f"slice {index:3d}: structure ended ({ended})", flush=True)
+    else:
+        origin = f"from slice {state.prompted_by}" if state.prompted_by is not None else state.origin
+        print(f"slice {index:3d}: {state.area} px, predicted IoU {state.predicted_iou:.3f} ({origin})", flush=True)
+
+
+def _volume_run(args: argparse.Namespace, volume, label: str | None) -> int:
+    """What segment-volume and segment-dicom --whole-series share: reference, policy, key slice, run, report."""
+    from .outputs import check_output_dir
+    from .policies import build_policy
+    from .prompting import clean_query, load_prompts
+    from .tools.factory import build_tool, parse_tool_spec
+    from .volume.key_slice import reference_key_slice
+    from .volume.pipeline import segment_volume
+    from .volume.readers import read_label_map
+
+    clean_query(args.query)  # refused before any model loads
+    tool_config = parse_tool_spec(args.tool)
+    check_output_dir(args.out)
+    if args.key_slice is not None:
+        volume.check_slice(args.key_slice)
+    reference = None
+    if args.ground_truth or args.policy == "oracle":
+        which = args.reference_label or label
+        if which is None:
+            raise CommandError("a reference needs --reference-label ID|NAME (or --label): which label to take")
+        reference = read_label_map(volume, args.ground_truth).mask(which)
+        if not reference.any():
+            raise CommandError(f"label {which!r} is absent from the reference")
+    print(volume.describe(), flush=True)
+    for note in volume.notes:
+        print(f"note: {note}", flush=True)
+    key, key_from = args.key_slice, "given"
+    if args.policy == "oracle":
+        key = reference_key_slice(reference) if key is None else key
+        key_from = key_from if args.key_slice is not None else "the reference's largest slice (oracle)"
+        policy = build_policy("oracle", ground_truth=volume.to_display(reference[key]), target_iou=args.target_iou)
+    else:
+        policy = build_policy(args.policy, **_policy_options(args, None))
+    tool = build_tool(tool_config)
+    run = segment_volume(volume, args.query, args.out, tool, policy, key_slice=key, key_from=key_from, label=label,
+                         reference=reference, prompts=load_prompts(args.prompts), max_turns=args.max_turns,
+                         cache_dir=args.cache_dir, on_turn=_print_turn, on_slice=_print_slice,
+                         on_key=lambda index, how: print(f"key slice {index} ({how})", flush=True),
+                         metadata={"input": Path(args.input).name, "policy": args.policy, "tool": tool.name})
+    if not run.completed:
+        result = run.result
+        raise CommandError(f"run ended with {result.status.value}: {result.error or 'the policy gave no usable answer'}; "
+                           "nothing written")
+    scored = f", 3D Dice {run.reference_dice:.3f} against the reference" if run.reference_dice is not None else ""
+    slices = int(run.mask.any(axis=(1, 2)).sum())
+    print(f"{run.result.status.value} on key slice {run.session.key_slice}; mask {int(run.mask.sum())} voxels on "
+          f"{slices} slice(s){scored} -> {', '.join(p.name for p in run.written)} in {args.out}")
+    return 0
+
+
+def _segment_volume(args: argparse.Namespace) -> int:
+    from .volume.readers import read_volume
+
+    volume = read_volume(args.input, window=args.window, series_uid=args.series_uid,
+                         allow_uneven_spacing=args.allow_uneven_spacing)  # input errors before models load
+    return _volume_run(args, volume, args.label)
+
+
+def _evaluate_volumes(args: argparse.Namespace) -> int:
+    from .evaluation import load_queries
+    from .outputs import write_json_atomic
+    from .policies import build_policy
+    from .prompting import load_prompts
+    from .tools.factory import build_tool
+    from .volume.evaluation import evaluate_volumes, markdown_tables, read_volume_manifest, summarise_volumes
+
+    items = read_volume_manifest(args.manifest, args.split, args.source)
+    names = list(dict.fromkeys([args.policy, *(args.compare or [])]))
+    shared = {name: build_policy(name.partition("=")[0], **_policy_options(args, None, name.partition("=")[0]))
+              for name in names if name != "oracle"}
+
+    def policy_maker(name: str):
+        if name in shared:
+            return lambda reference: shared[name]
+        return lambda reference: build_policy("oracle", ground_truth=reference, target_iou=args.target_iou)
+
+    def progress(done, total, record):
+        shown = (f"Dice@1 {record['dice_at']['1']:.3f} @5 {record['dice_at']['5']:.3f}, forward "
+                 f"{record['forward']['dice']:.3f}, {record['seconds']:.0f} s" if "dice_at" in record
+                 else record.get("skipped", ""))
+        print(f"[{done}/{total}] {record['policy']} {record['file']} {record['label']}: {shown}", file=sys.stderr,
+              flush=True)
+
+    tool = build_tool(args.tool)
+    records = evaluate_volumes(items, tool, {name: policy_maker(name) for name in names},
+                               queries=load_queries(args.queries), query_kind=args.query_kind,
+                               prompts=load_prompts(args.prompts), max_turns=args.max_turns,
+                               agent_key={name: shared[name] for name in shared} if not args.no_agent_key else None,
+                               cache_dir=args.cache_dir, records_path=args.records, limit=args.limit,
+                               tool_name=tool.name, progress=progress)
+    runs = []
+    for name, rows in records.items():
+        runs.append({"policy": name, **summarise_volumes(rows), "rows": rows})
+        print(f"\n{tool.name} ({args.tool}), policy {name}, split {args.split}, {args.query_kind} queries\n")
+        print(markdown_tables(runs[-1]))
+    report = {"command": " ".join(["ibis", *sys.argv[1:]]), "split": args.split, "tool": tool.name,
+              "tool_spec": args.tool, "query_kind": args.query_kind, "runs": runs}
+    if args.json:
+        write_json_atomic(args.json, report)
     return 0
 
 
@@ -326,6 +446,12 @@ def _bench(args: argparse.Namespace) -> int:
         from .label.bench import run_label_bench
 
         print(run_label_bench(args.tool, args.clicks + 1, args.label_sessions))
+        return 0
+    if args.volume:
+        from .volume.bench import run_volume_bench
+
+        path = None if args.volume == "default" else args.volume
+        print(run_volume_bench(path, args.volume_label, args.tool, args.volume_runs))
         return 0
     if args.agent:
         from .agent_bench import run_agent_bench
@@ -479,7 +605,18 @@ def _add_input_options(parser: argparse.ArgumentParser, slice_help: str) -> None
     parser.add_argument("--window", help="abdomen | lung | bone | brain | percentile | file (DICOM: its own "
                                          "WindowCenter/Width or VOI LUT) (default: abdomen for CT, NIfTI in "
                                          "Hounsfield units included; percentiles otherwise)")
-    parser.add_argument("--ground-truth", help="oracle: the reference mask of the image or slice (PNG)")
+    parser.add_argument("--ground-truth", help="oracle: the reference mask of the image or slice (PNG); "
+                        "segment-dicom --whole-series: a label map on the series' grid (NIfTI or npz)")
+
+
+def _add_volume_options(parser: argparse.ArgumentParser) -> None:
+    """What segment-volume and segment-dicom --whole-series share."""
+    parser.add_argument("--key-slice", type=int, help="the slice the agent segments first (default: the agent's "
+                        "sweep chooses; the oracle takes the reference's largest slice)")
+    parser.add_argument("--reference-label", help="the reference's label, by id or name (default: --label)")
+    parser.add_argument("--allow-uneven-spacing", action="store_true", help="DICOM: segment a stack with a gap or "
+                        "uneven spacing as it is (the SEG is exact; no mask.nii.gz)")
+    parser.add_argument("--cache-dir", help="keep slice embeddings here for later runs on the same volume")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_repeats: bool = False) -> None:
@@ -527,6 +664,9 @@ def _parser() -> argparse.ArgumentParser:
     dicom.add_argument("--label", help="the target's label for the SEG's codes, e.g. liver (default: the target the "
                        "query names or describes, else 'target' with the generic code)")
     dicom.add_argument("--series-uid", help="pick one series when the folder holds several")
+    dicom.add_argument("--whole-series", action="store_true", help="segment the structure through every slice "
+                       "(a multi-frame SEG, mask.nii.gz, trajectory.json, montage.png; see segment-volume)")
+    _add_volume_options(dicom)
     _add_run_options(dicom, "lite")
     dicom.set_defaults(handler=_segment_dicom)
 
@@ -537,6 +677,39 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--rules", help="series selection rules, the SDK's JSON (default: the packaged rules.json)")
     _add_run_options(deploy, "lite")
     deploy.set_defaults(handler=_deploy)
+    volume = commands.add_parser("segment-volume", help="segment a structure through a whole volume (DICOM series, "
+                                 "NIfTI or npz): mask.nii.gz, seg.dcm, trajectory.json, montage.png")
+    volume.add_argument("input", help="a DICOM series folder, a NIfTI file (.nii, .nii.gz) or an .npz volume")
+    volume.add_argument("--query", required=True)
+    volume.add_argument("--out", default="out")
+    volume.add_argument("--label", help="the target's label: the SEG's codes, and the reference's label by name")
+    volume.add_argument("--series-uid", help="DICOM: pick one series when the folder holds several")
+    volume.add_argument("--window", help="abdomen | lung | bone | brain | percentile (default: abdomen for CT, "
+                        "percentiles of the whole volume otherwise; uint8 volumes as stored)")
+    volume.add_argument("--ground-truth", help="a label map on the input's grid (NIfTI or npz; an npz input's own "
+                        "labels by default): the oracle's reference, and the score")
+    _add_volume_options(volume)
+    _add_run_options(volume, "lite")
+    volume.set_defaults(handler=_segment_volume)
+
+    volumes = commands.add_parser("evaluate-volumes", help="3D evaluation over a volumes manifest split: "
+                                  "forward only, both ways, corrections (Dice@1/3/5)")
+    volumes.add_argument("--manifest", required=True)
+    volumes.add_argument("--split", default="test")
+    volumes.add_argument("--source", action="append", help="only this source (repeatable)")
+    volumes.add_argument("--queries", help="queries.json with referring templates and reasoning questions")
+    volumes.add_argument("--query-kind", choices=("referring", "reasoning"), default="referring")
+    volumes.add_argument("--limit", type=int, help="at most N (volume, label) rows")
+    volumes.add_argument("--json", help="write the full report here")
+    volumes.add_argument("--records", help="JSON lines written as rows finish; rows already there are not run "
+                         "again (resume)")
+    volumes.add_argument("--compare", action="append", type=_compared_policy,
+                         help="also run this policy on the same rows and embeddings (repeatable)")
+    volumes.add_argument("--no-agent-key", action="store_true", help="skip the runs with the agent-chosen key slice")
+    volumes.add_argument("--cache-dir", default="~/.cache/ibisagent/slice-embeddings",
+                         help="slice embeddings kept here, keyed by pixels and encoder")
+    _add_run_options(volumes, "oracle")
+    volumes.set_defaults(handler=_evaluate_volumes)
 
     demo = commands.add_parser("demo", help="the main job on pydicom's shipped abdominal MR")
     demo.add_argument("--out", default="demo_out")
@@ -683,6 +856,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--manifest", help="--agent: also time test-split images of this manifest")
     bench.add_argument("--images", type=int, default=12, help="--agent: images to time")
     bench.add_argument("--max-turns", type=_turn_limit, default=10, help="--agent: turn limit")
+    bench.add_argument("--volume", nargs="?", const="default", help="time whole volumes (an npz with labels; "
+                       "default: the msd-spleen CT of ../shared/data/volumes), torch vs onnxruntime")
+    bench.add_argument("--volume-label", help="--volume: the label to segment (id or name; default: the first)")
+    bench.add_argument("--volume-runs", type=int, default=3, help="--volume: cold runs per backend")
     bench.set_defaults(handler=_bench)
     return parser
 

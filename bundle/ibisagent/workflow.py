@@ -11,8 +11,15 @@ layout, `{"testing": [items]}`. Item fields:
   steers the oracle policy, and any other policy's answer is scored against it
   (`reference_iou`).
 - `slice`, `window`: which slice and display window (as `ibis segment`).
-- `target`: DICOM series only, the segment's label for its codes (default: from the query, `labels.py`);
+- `target`: DICOM series and volumes, the segment's label for its codes (default: from the query,
+  `labels.py`);
   `series_uid` picks one series in a folder holding several.
+- `mode: "volume"` (implied for an `.npz`): the whole volume, a DICOM series
+  folder, NIfTI or npz (`volume.pipeline.segment_volume`). Outputs:
+  mask.nii.gz, seg.dcm + seg.json for DICOM, trajectory.json, montage.png;
+  `key_slice` (default: the agent's sweep; the oracle's largest reference
+  slice); `label` is then a label map on its grid (an npz's own labels by
+  default) and `reference_label` (default `target`) the label taken from it.
 
 Relative paths are relative to the datalist file. Each item gets the folder
 `NNNN_<input name without its ending>` in the output folder, and
@@ -160,6 +167,39 @@ class AgentWorkflow:
         if not run.completed:
             entry["error"] = result.error
 
+    def _run_volume(self, item: dict, out_dir: Path, entry: dict) -> None:
+        """A whole volume: the agent on a key slice, propagation, mask.nii.gz (+ seg.dcm for DICOM) out."""
+        from .volume.key_slice import reference_key_slice
+        from .volume.pipeline import segment_volume
+        from .volume.readers import read_label_map, read_volume
+
+        volume = read_volume(item["image"], window=item.get("window"), series_uid=item.get("series_uid"))
+        key, key_from, reference = item.get("key_slice"), "given", None
+        which = item.get("reference_label", item.get("target"))
+        if item.get("label") or (self.policy_name == "oracle" and str(item["image"]).endswith(".npz")):
+            if which is None:
+                raise ValueError(f"{entry['image']}: a reference label map needs 'reference_label' (or 'target')")
+            reference = read_label_map(volume, item.get("label")).mask(which)
+        if self.policy_name == "oracle":
+            if reference is None or not reference.any():
+                raise ValueError(f"the oracle policy needs a non-empty reference for {entry['image']}")
+            key = reference_key_slice(reference) if key is None else key
+            key_from = "given" if item.get("key_slice") is not None else "the reference's largest slice (oracle)"
+            policy = build_policy("oracle", ground_truth=volume.to_display(reference[key]), target_iou=self.target_iou)
+        else:
+            policy = self._policy(item, volume.display_shape)
+        run = segment_volume(volume, item["query"], out_dir, self.tool, policy, key_slice=key, key_from=key_from,
+                             label=item.get("target"), reference=reference, prompts=self.prompts,
+                             max_turns=self.max_turns, metadata={"input": entry["image"], "policy": self.policy_name,
+                                                                 "tool": self.tool.name})
+        result = run.result
+        entry.update(status=result.status.value, clicks=len(result.clicks), key_slice=run.session.key_slice,
+                     mask_voxels=int(run.mask.sum()))
+        if run.reference_dice is not None:
+            entry["reference_dice"] = round(run.reference_dice, 4)
+        if not run.completed:
+            entry["error"] = result.error
+
     def _run_image(self, item: dict, out_dir: Path, entry: dict) -> None:
         """A 2D image file: mask.png, overlays and trajectory.json out."""
         loaded = read_image(item["image"], item.get("slice"), item.get("window"))
@@ -198,7 +238,9 @@ class AgentWorkflow:
             entry = {"index": index, "image": Path(item["image"]).name, "query": item["query"],
                      "output": item_folder_name(index, item["image"])}
             try:
-                if Path(item["image"]).is_dir():
+                if item.get("mode") == "volume" or str(item["image"]).endswith(".npz"):
+                    self._run_volume(item, self.output_dir / entry["output"], entry)
+                elif Path(item["image"]).is_dir():
                     self._run_dicom(item, self.output_dir / entry["output"], entry)
                 else:
                     self._run_image(item, self.output_dir / entry["output"], entry)

@@ -1,7 +1,8 @@
-"""Write a 2D result as a DICOM Segmentation (BINARY) with highdicom, and read SEGs back.
+"""Write results as DICOM Segmentations (BINARY) with highdicom, and read SEGs back.
 
-The SEG references the exact source instance (and frame) the mask was drawn
-on, carries SNOMED codes per segment and the algorithm that made it, and is
+One writer serves one slice and whole series: each segment gets a frame on
+every source slice that holds it, referencing that exact instance (and
+frame); it carries SNOMED codes per segment and the algorithm that made it, and is
 written atomically beside a JSON side-car holding the agent's trajectory.
 The source's header is copied and repaired as `derived.py` says; the
 caller's datasets are never modified.
@@ -32,8 +33,8 @@ from .withheld import values_withheld
 if TYPE_CHECKING:
     from highdicom.seg import Segmentation, SegmentDescription
 
-__all__ = ["SegWriteError", "SegmentInfo", "WrittenSeg", "list_segments", "read_segmentation", "segment_mask",
-           "write_segmentation"]
+__all__ = ["SegWriteError", "Segment", "SegmentInfo", "WrittenSeg", "list_segments", "read_segmentation",
+           "segment_mask", "write_segmentation", "write_segments"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ def _as_masks(masks: np.ndarray | Sequence[np.ndarray], shape: tuple[int, int]) 
 
 
 def _description(number: int, label: str, code: SegmentCode, human_clicked: bool,
-                 parameters: Mapping[str, str] | None = None) -> SegmentDescription:
+                 parameters: Mapping[str, str] | None = None,
+                 colour: tuple[int, int, int] | None = None) -> SegmentDescription:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -90,7 +92,7 @@ def _description(number: int, label: str, code: SegmentCode, human_clicked: bool
                                                    version=__version__, parameters=dict(parameters) if parameters else None)
     kinds = hd.seg.SegmentAlgorithmTypeValues
     kind = kinds.SEMIAUTOMATIC if human_clicked else kinds.AUTOMATIC
-    colour = hd.color.CIELabColor.from_rgb(*_COLOURS[(number - 1) % len(_COLOURS)])
+    colour = hd.color.CIELabColor.from_rgb(*(colour or _COLOURS[(number - 1) % len(_COLOURS)]))
     description = hd.seg.SegmentDescription(
         segment_number=number, segment_label=label[:64], segmented_property_category=code.category,
         segmented_property_type=code.type, algorithm_type=kind, algorithm_identification=algorithm,
@@ -100,6 +102,22 @@ def _description(number: int, label: str, code: SegmentCode, human_clicked: bool
         modifier = hd.sr.CodedConcept.from_code(code.modifier)
         type_item.SegmentedPropertyTypeModifierCodeSequence = DicomSequence([modifier])
     return description
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One structure of a SEG: its mask on each source slice, its label, and optionally its codes and colour.
+
+    `mask` is (S, H, W) (or (H, W) for one slice) in the sources' stored pixel
+    order, plane s on source slice s. `code` defaults to `code_for_label(label)`;
+    `colour` (RGB) to the writer's palette by segment number.
+    """
+
+    label: str
+    mask: np.ndarray
+    code: SegmentCode | None = None
+    colour: tuple[int, int, int] | None = None
+    human_clicked: bool = False  # SEMIAUTOMATIC when a person clicked, else AUTOMATIC
 
 
 def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray | Sequence[np.ndarray],
@@ -117,49 +135,106 @@ def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray 
     `algorithm_parameters` (e.g. the weights' sha256) go into each segment's
     Algorithm Identification.
     """
-    import highdicom as hd
-
-    out_path = Path(out_path)
     shape = (int(source.Rows), int(source.Columns))
     stack = _as_masks(masks, shape)
     names = [str(name).strip() for name in ([labels] if isinstance(labels, str) else labels)]
     if len(names) != stack.shape[0]:
         raise SegWriteError(f"{stack.shape[0]} mask(s) but {len(names)} label(s)")
-    if not all(names):
-        raise SegWriteError("every segment needs a non-empty label")
-    codes_used = [code_for_label(name) for name in names]
+    segments = [Segment(name, plane[None], human_clicked=human_clicked) for name, plane in zip(names, stack)]
+    return write_segments(out_path, [source], segments, frame_indices=None if frame_index is None else [frame_index],
+                          trajectory=trajectory, content_creator=content_creator,
+                          series_description=series_description, series_number=series_number,
+                          device_serial_number=device_serial_number, algorithm_parameters=algorithm_parameters)
+
+
+def _source_frames(sources: Sequence[Dataset], frame_indices: Sequence[int] | None, planes: int) -> int:
+    """Check that planes and sources line up; the number of frames of a multi-frame source (else 0)."""
     try:
-        frames = frame_count(source, "the source")
+        frames = [frame_count(source, "the source") for source in sources]
     except DicomPixelError as error:
         raise SegWriteError(str(error)) from None
-    if frames > 1:
+    if len(sources) == 1 and frames[0] > 1:
+        source = sources[0]
         if not str(source.get("FrameOfReferenceUID", "") or "").strip():
-            raise SegWriteError(f"the source is a {frames}-frame object without a Frame of Reference (cine or "
+            raise SegWriteError(f"the source is a {frames[0]}-frame object without a Frame of Reference (cine or "
                                 "time series): highdicom can only write a SEG for such a source when it has one frame")
-        if frame_index is None or not 0 <= frame_index < frames:
-            raise SegWriteError(f"the source has {frames} frames: pass frame_index in 0..{frames - 1}")
-        pixel_array = np.zeros((frames, *shape, stack.shape[0]), bool)
-        pixel_array[frame_index] = np.moveaxis(stack, 0, -1)
-    elif frame_index not in (None, 0):
-        raise SegWriteError(f"frame_index {frame_index} given for a single-frame source")
+        if frame_indices is None or len(frame_indices) != planes or len(set(frame_indices)) != planes \
+                or not all(0 <= f < frames[0] for f in frame_indices):
+            noun = "frame_index" if planes == 1 else f"frame_indices (distinct, one per mask plane: {planes})"
+            raise SegWriteError(f"the source has {frames[0]} frames: pass {noun} in 0..{frames[0] - 1}")
+        return frames[0]
+    if frame_indices is not None and any(f != 0 for f in frame_indices):
+        raise SegWriteError(f"frame_index {max(frame_indices)} given for a single-frame source")
+    if max(frames) > 1:
+        raise SegWriteError("a multi-frame source must be the only source")
+    if len(sources) != planes:
+        raise SegWriteError(f"{planes} mask plane(s) for {len(sources)} source slice(s): one plane per source slice")
+    return 0
+
+
+def write_segments(out_path: str | Path, sources: Sequence[Dataset], segments: Sequence[Segment], *,
+                   frame_indices: Sequence[int] | None = None, trajectory: dict | None = None,
+                   content_creator: str = "ibisagent^", series_description: str = "ibisagent segmentation",
+                   series_number: int | None = None, device_serial_number: str = "1",
+                   algorithm_parameters: Mapping[str, str] | None = None) -> WrittenSeg:
+    """One BINARY SEG over one or many source slices, with several segments (the whole-series writer).
+
+    `sources`: the single-frame datasets of the slices, in the order of the
+    mask planes (a sorted `DicomSeries.datasets`); or one multi-frame dataset
+    with `frame_indices`, the source frame of each plane. Each segment gets a
+    frame on every source slice that holds it, referencing that instance (and
+    frame); a result with nothing anywhere is written as explicit empty frames
+    (a valid "found nothing"). With `trajectory`, a side-car `<name>.json` is
+    written first, then the SEG, each atomically. `algorithm_parameters` go
+    into each segment's Algorithm Identification.
+    """
+    import highdicom as hd
+
+    out_path = Path(out_path)
+    if not sources:
+        raise SegWriteError("no source slices given")
+    if not segments:
+        raise SegWriteError("a SEG needs at least one segment")
+    shape = (int(sources[0].Rows), int(sources[0].Columns))
+    if any((int(s.Rows), int(s.Columns)) != shape for s in sources):
+        raise SegWriteError("the source slices differ in size")
+    stacks = [_as_masks(segment.mask, shape) for segment in segments]
+    planes = stacks[0].shape[0]
+    if any(stack.shape[0] != planes for stack in stacks):
+        raise SegWriteError("every segment needs the same number of mask planes (one per source slice)")
+    names = [str(segment.label).strip() for segment in segments]
+    if not all(names):
+        raise SegWriteError("every segment needs a non-empty label")
+    frame_indices = list(frame_indices) if frame_indices is not None else None
+    frames = _source_frames(sources, frame_indices, planes)
+    codes_used = [segment.code or code_for_label(name) for segment, name in zip(segments, names, strict=True)]
+    volume = np.stack(stacks, axis=-1)  # (planes, H, W, segments)
+    if frames:
+        pixel_array = np.zeros((frames, *shape, len(segments)), bool)
+        pixel_array[frame_indices] = volume
     else:
-        pixel_array = np.moveaxis(stack, 0, -1)[None]  # (1, H, W, S)
-    header, repaired = source_header(source)
-    for note in repaired:
-        log.info("source header repaired for the SEG: %s", note)
-    descriptions = [_description(i + 1, name, code, human_clicked, algorithm_parameters)
-                    for i, (name, code) in enumerate(zip(names, codes_used, strict=True))]
+        pixel_array = volume
+    anything = bool(volume.any())
+    # Many planes or a multi-frame source: frames only where a structure is; one slice keeps every segment's frame.
+    omit_empty = anything and (planes > 1 or frames > 1)
+    headers = []
+    for source in sources:
+        header, repaired = source_header(source)
+        for note in repaired:
+            log.info("source header repaired for the SEG: %s", note)
+        headers.append(header)
+    descriptions = [_description(i + 1, name, code, segment.human_clicked, algorithm_parameters, segment.colour)
+                    for i, (name, code, segment) in enumerate(zip(names, codes_used, segments, strict=True))]
+    first = sources[0]
     if series_number is None:
         try:
-            series_number = 1000 + int(source.get("SeriesNumber") or 0)
+            series_number = 1000 + int(first.get("SeriesNumber") or 0)
         except (TypeError, ValueError):
             series_number = 1000
-    # Multi-frame sources: keep only the chosen frame, unless everything is empty (then all frames, empty).
-    omit_empty = frames > 1 and bool(stack.any())
 
     def build() -> Dataset:
         return hd.seg.Segmentation(
-            source_images=[header], pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            source_images=headers, pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=series_number,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer="ibisagent",
             manufacturer_model_name="ibisagent", software_versions=__version__,
@@ -168,24 +243,24 @@ def write_segmentation(out_path: str | Path, source: Dataset, masks: np.ndarray 
             content_creator_name=content_creator, series_description=series_description[:64],
             omit_empty_frames=omit_empty)
 
-    seg = build_without_phi(build, source, "segmentation", SegWriteError)
+    seg = build_without_phi(build, first, "segmentation", SegWriteError)
     for keyword, vr in TYPE2.items():  # highdicom copies what exists; keep Type 2 present when it did not
         if keyword not in seg:
             seg.add_new(keyword, vr, None)
     shared = seg.get("SharedFunctionalGroupsSequence") or [Dataset()]
     if "PlaneOrientationSequence" not in shared[0] and "PatientOrientation" not in seg:
         # Without patient geometry (X-ray, photos, stripped headers) General Image needs PatientOrientation (2C).
-        seg.PatientOrientation = source.get("PatientOrientation") or None
+        seg.PatientOrientation = first.get("PatientOrientation") or None
 
     encoded = io.BytesIO()
     pydicom.dcmwrite(encoded, seg, enforce_file_format=True)
     files = {out_path: encoded.getvalue()}
     sidecar = out_path.with_suffix(".json") if trajectory is not None else None
     if sidecar is not None:
-        files[sidecar] = (json.dumps(_sidecar(out_path, seg, source, frame_index, stack, names, codes_used,
-                                              human_clicked, trajectory), indent=2, default=str) + "\n").encode()
+        files[sidecar] = (json.dumps(_sidecar(out_path, seg, sources, frame_indices, stacks, names, codes_used,
+                                              segments, trajectory), indent=2, default=str) + "\n").encode()
     _publish_pair(files)
-    log.info("wrote SEG %s (%d segment(s))", out_path.name, len(names))
+    log.info("wrote SEG %s (%d segment(s), %d source slice(s))", out_path.name, len(names), planes)
     return WrittenSeg(out_path, sidecar, str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID), tuple(names),
                       tuple(codes_used))
 
@@ -213,18 +288,33 @@ def _publish_pair(files: dict[Path, bytes]) -> None:
         raise
 
 
-def _sidecar(out_path: Path, seg: Dataset, source: Dataset, frame_index: int | None, stack: np.ndarray,
-             names: list[str], codes_used: list[SegmentCode], human_clicked: bool, trajectory: dict) -> dict:
-    """What the SEG holds, in JSON, plus the caller's trajectory (no patient attributes)."""
-    segments = [{"number": i + 1, "label": name, "category": c.category.meaning, "type": c.type.meaning,
-                 "type_code": f"{c.type.scheme_designator} {c.type.value}",
-                 "modifier": c.modifier.meaning if c.modifier else None, "known": c.known,
-                 "area_px": int(stack[i].sum())} for i, (name, c) in enumerate(zip(names, codes_used, strict=True))]
-    return {"seg": out_path.name, "sop_instance_uid": str(seg.SOPInstanceUID),
-            "series_instance_uid": str(seg.SeriesInstanceUID), "source_sop_instance_uid": str(source.SOPInstanceUID),
-            "source_frame_index": frame_index, "segments": segments,
-            "algorithm_type": "SEMIAUTOMATIC" if human_clicked else "AUTOMATIC", "ibisagent_version": __version__,
-            "trajectory": trajectory}
+def _sidecar(out_path: Path, seg: Dataset, sources: Sequence[Dataset], frame_indices: list[int] | None,
+             stacks: list[np.ndarray], names: list[str], codes_used: list[SegmentCode], segments: Sequence[Segment],
+             trajectory: dict) -> dict:
+    """What the SEG holds, in JSON, plus the caller's trajectory (no patient attributes).
+
+    One slice: its SOPInstanceUID (and frame); a series: per segment, the
+    source slices (plane indices) that hold it.
+    """
+    described = []
+    for i, (name, code, segment, stack) in enumerate(zip(names, codes_used, segments, stacks, strict=True)):
+        entry = {"number": i + 1, "label": name, "category": code.category.meaning, "type": code.type.meaning,
+                 "type_code": f"{code.type.scheme_designator} {code.type.value}",
+                 "modifier": code.modifier.meaning if code.modifier else None, "known": code.known,
+                 "area_px": int(stack.sum())}
+        if stack.shape[0] > 1:
+            entry["slices"] = [int(k) for k in np.nonzero(stack.any(axis=(1, 2)))[0]]
+        described.append(entry)
+    human = any(segment.human_clicked for segment in segments)
+    record = {"seg": out_path.name, "sop_instance_uid": str(seg.SOPInstanceUID),
+              "series_instance_uid": str(seg.SeriesInstanceUID)}
+    if len(sources) == 1 and (frame_indices is None or len(frame_indices) == 1):
+        record |= {"source_sop_instance_uid": str(sources[0].SOPInstanceUID),
+                   "source_frame_index": frame_indices[0] if frame_indices else None}
+    else:
+        record |= {"source_series_instance_uid": str(sources[0].SeriesInstanceUID), "source_slices": stacks[0].shape[0]}
+    return record | {"segments": described, "algorithm_type": "SEMIAUTOMATIC" if human else "AUTOMATIC",
+                     "ibisagent_version": __version__, "trajectory": trajectory}
 
 
 # ----------------------------------------------------------------------------- reading back
