@@ -270,3 +270,20 @@ def test_clicks_alone_start_a_session_and_an_empty_slice_clears_its_neighbours(s
     state = session.states[key]
     assert [(c.click.positive, c.author) for c in state.clicks] == [(True, "user"), (False, "user")]
     assert (len(session.reached) > 1) == bool(state.mask.any())
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_segment_volume_refuses_bad_input_before_any_model_and_writes_nothing(tmp_path, capsys):
+    from ibisagent.cli import main
+
+    out = tmp_path / "out"
+    np.savez(tmp_path / "flat.npz", image=np.zeros((64, 64), np.int16), spacing=np.ones(3))
+    cases = [([str(_need(SPLEEN)), "--key-slice", "26"], "slice 26 is outside the volume"),
+             ([str(tmp_path / "flat.npz")], "2D image"),
+             ([str(tmp_path / "missing.nii.gz")], "no such file"),
+             ([str(SPLEEN), "--policy", "oracle", "--reference-label", "liver"], "no label 'liver'")]
+    for arguments, message in cases:
+        assert main(["segment-volume", *arguments, "--query", "Segment the spleen.", "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()
