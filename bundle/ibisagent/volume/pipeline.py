@@ -29,7 +29,7 @@ from ..agent import AgentResult, TurnCallback
 from ..metrics import dice
 from ..outputs import write_json_atomic
 from ..policies.base import Policy
-from ..prompting import PromptSet
+from ..prompting import PromptSet, clean_query
 from ..tools.base import SegmentationTool
 from .key_slice import KeySliceChoice, choose_key_slice
 from .montage import write_montage
@@ -72,8 +72,7 @@ def segment_volume(volume: Volume, query: str, out_dir: str | Path, tool: Segmen
     names the segment and picks its SNOMED codes in the SEG (default "target",
     generic codes). `on_key(index, how)` reports the key slice before the agent runs.
     """
-    if not query or not query.strip():
-        raise ValueError("the query is empty")
+    query = clean_query(query)  # ValueError for an empty request or markup, before any slice is encoded
     if reference is not None and reference.shape != volume.shape:
         raise ValueError(f"reference of shape {reference.shape} for a volume of {volume.shape}")
     session = VolumeSession(tool, volume, settings or PropagationSettings(), directions, cache_dir, on_slice)
