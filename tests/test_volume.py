@@ -287,3 +287,31 @@ def test_segment_volume_refuses_bad_input_before_any_model_and_writes_nothing(tm
         assert main(["segment-volume", *arguments, "--query", "Segment the spleen.", "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def test_evaluate_volumes_scores_every_strategy_on_one_key_slice_and_resumes(spleen, tmp_path):
+    from ibisagent.volume.evaluation import (evaluate_volumes, markdown_tables, read_volume_manifest,
+                                             summarise_volumes)
+
+    volume, reference, encoder = spleen
+    items = read_volume_manifest(_need(VOLUMES / "manifest.csv"), "test", ["msd-spleen"])
+    assert [item.file.name for item in items] == [SPLEEN.name]
+    makers = {"oracle": lambda truth: build_policy("oracle", ground_truth=truth, target_iou=0.9)}
+    records_path = tmp_path / "records.jsonl"
+    cache = encoder.directory.parent  # the module's slice cache: the same embeddings as the session tests
+    rows = evaluate_volumes(items, encoder.tool, makers, max_turns=5, cache_dir=cache, records_path=records_path)
+    (row,) = rows["oracle"]
+    assert row["key_slice"] == int(np.argmax(reference.sum(axis=(1, 2))))
+    assert row["dice_at"]["1"] == row["both"]["dice"]
+    assert row["both"]["dice"] > row["forward"]["dice"]  # the spleen reaches below its largest slice
+    for strategy in ("baseline", "forward", "both", "final"):
+        assert 0.0 <= row[strategy]["dice"] <= 1.0 and 0.0 <= row[strategy]["surface_dice"] <= 1.0
+    assert row["final"]["hd95"] >= 0.0
+    again = evaluate_volumes(items, encoder.tool, makers, max_turns=5, cache_dir=cache, records_path=records_path)
+    assert again["oracle"] == [row] and len(records_path.read_text().splitlines()) == 1  # resumed, not rerun
+    summary = summarise_volumes(rows["oracle"])
+    assert summary["overall"]["dice_at"] == summary["by_source"]["msd-spleen"]["dice_at"]
+    table = markdown_tables(summary)
+    assert "| msd-spleen | 1 |" in table and f"{row['baseline']['dice']:.3f}" in table

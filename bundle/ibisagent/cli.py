@@ -275,12 +275,15 @@ def _segment_volume(args: argparse.Namespace) -> int:
 
 
 def _evaluate_volumes(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from .evaluation import load_queries
     from .outputs import write_json_atomic
     from .policies import build_policy
     from .prompting import load_prompts
     from .tools.factory import build_tool
     from .volume.evaluation import evaluate_volumes, markdown_tables, read_volume_manifest, summarise_volumes
+    from .volume.propagation import PropagationSettings
 
     items = read_volume_manifest(args.manifest, args.split, args.source)
     names = list(dict.fromkeys([args.policy, *(args.compare or [])]))
@@ -299,9 +302,11 @@ def _evaluate_volumes(args: argparse.Namespace) -> int:
         print(f"[{done}/{total}] {record['policy']} {record['file']} {record['label']}: {shown}", file=sys.stderr,
               flush=True)
 
+    chosen = {"prompt": args.propagation_prompt, "min_predicted_iou": args.min_predicted_iou}
+    settings = PropagationSettings(**{key: value for key, value in chosen.items() if value is not None})
     tool = build_tool(args.tool)
     records = evaluate_volumes(items, tool, {name: policy_maker(name) for name in names},
-                               queries=load_queries(args.queries), query_kind=args.query_kind,
+                               queries=load_queries(args.queries), query_kind=args.query_kind, settings=settings,
                                prompts=load_prompts(args.prompts), max_turns=args.max_turns,
                                agent_key={name: shared[name] for name in shared} if not args.no_agent_key else None,
                                cache_dir=args.cache_dir, records_path=args.records, limit=args.limit,
@@ -312,7 +317,7 @@ def _evaluate_volumes(args: argparse.Namespace) -> int:
         print(f"\n{tool.name} ({args.tool}), policy {name}, split {args.split}, {args.query_kind} queries\n")
         print(markdown_tables(runs[-1]))
     report = {"command": " ".join(["ibis", *sys.argv[1:]]), "split": args.split, "tool": tool.name,
-              "tool_spec": args.tool, "query_kind": args.query_kind, "runs": runs}
+              "tool_spec": args.tool, "query_kind": args.query_kind, "settings": asdict(settings), "runs": runs}
     if args.json:
         write_json_atomic(args.json, report)
     return 0
@@ -706,6 +711,11 @@ def _parser() -> argparse.ArgumentParser:
     volumes.add_argument("--compare", action="append", type=_compared_policy,
                          help="also run this policy on the same rows and embeddings (repeatable)")
     volumes.add_argument("--no-agent-key", action="store_true", help="skip the runs with the agent-chosen key slice")
+    volumes.add_argument("--propagation-prompt", choices=("box", "box+mask", "click+mask", "box+click+mask"),
+                         help="how a slice prompts its neighbour (default: PropagationSettings', docs/volumes.md)")
+    volumes.add_argument("--min-predicted-iou", type=float,
+                         help="propagation stops where the tool's predicted IoU falls below this (default: "
+                         "PropagationSettings')")
     volumes.add_argument("--cache-dir", default="~/.cache/ibisagent/slice-embeddings",
                          help="slice embeddings kept here, keyed by pixels and encoder")
     _add_run_options(volumes, "oracle")

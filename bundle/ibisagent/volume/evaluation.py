@@ -1,10 +1,12 @@
 """`ibis evaluate-volumes`: 3D results per (volume, label) of the volumes manifest, strategies side by side.
 
-Per row, with the same tool, key slice and slice embeddings: forward-only
-propagation (MONAI Label's SAM2 behaviour), both directions, and ours with
-corrections: `dice_at` after 1, 3 and 5 interactions (1 = the key slice's
-run + propagation; each further one = the oracle's click on the slice with
-the largest error, then re-propagation). The key slice is the slice of the
+Per row, with the same tool, key slice and slice embeddings: the issue's
+starting point (`BASELINE`: each slice prompted with the box of its
+neighbour's mask only, both ways, stopping below a predicted IoU of 0.5),
+forward-only propagation (MONAI Label's SAM2 behaviour), both directions,
+and ours with corrections: `dice_at` after 1, 3 and 5 interactions (1 = the
+key slice's run + propagation; each further one = the oracle's click on the
+slice with the largest error, then re-propagation). The key slice is the slice of the
 largest reference area; for policies other than the oracle, the run with the
 agent-chosen key slice is reported beside it. 3D Dice, 95 % Hausdorff and
 surface Dice come from MONAI's metrics, in millimetres. Sources are averaged
@@ -21,7 +23,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,7 @@ __all__ = ["INTERACTIONS", "VolumeItem", "evaluate_volumes", "markdown_tables", 
 
 INTERACTIONS = (1, 3, 5)
 SURFACE_TOLERANCE_MM = 2.0
+BASELINE = PropagationSettings(prompt="box", min_predicted_iou=0.5)  # the issue's one-off starting point
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,10 @@ def evaluate_row(volume: Volume, encoder: SliceEncoder, target: np.ndarray, quer
     started = time.perf_counter()
     record: dict = {"key_slice": key, "reference_slices": int(target.any(axis=(1, 2)).sum())}
 
+    baseline = VolumeSession(encoder.tool, volume, BASELINE, "both", encoder=encoder)
+    _key_run(baseline, make_policy, target, query, key, prompts, max_turns)
+    record["baseline"] = volume_metrics(baseline.mask(), target, spacing)
+
     forward = VolumeSession(encoder.tool, volume, settings, "forward", encoder=encoder)
     _key_run(forward, make_policy, target, query, key, prompts, max_turns)
     record["forward"] = volume_metrics(forward.mask(), target, spacing)
@@ -170,8 +177,14 @@ def _records_done(path: Path | None) -> dict[tuple, dict]:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut off by a killed run: that row runs again
             continue
-        done[(record["file"], record["label"], record["policy"], record["tool"])] = record
+        done[_row_key(record)] = record
     return done
+
+
+def _row_key(record: dict) -> tuple:
+    """What makes two rows the same measurement: a row run with other settings or turns is run again."""
+    return (record["file"], record["label"], record["policy"], record["tool"],
+            json.dumps(record.get("settings"), sort_keys=True), record.get("max_turns"))
 
 
 def _append(path: Path | None, record: dict) -> None:
@@ -202,7 +215,9 @@ def evaluate_volumes(items: list[VolumeItem], tool: SegmentationTool, make_polic
     current_file, volume, labels, encoder = None, None, None, None
     for number, (item, label_id, name) in enumerate(rows, start=1):
         for policy_name, make_policy in make_policies.items():
-            key = (item.file.name, name, policy_name, tool_name)
+            base = {"file": item.file.name, "source": item.source, "case": item.case, "label": name,
+                    "policy": policy_name, "tool": tool_name, "settings": asdict(settings), "max_turns": max_turns}
+            key = _row_key(base)
             if key in done:
                 records[policy_name].append(done[key])
                 continue
@@ -213,8 +228,7 @@ def evaluate_volumes(items: list[VolumeItem], tool: SegmentationTool, make_polic
             target = labels.mask(label_id)
             query = choose_query(Pair(item.file, item.file, name, item.source, item.case), queries, query_kind) \
                 or f"Segment the {name}."
-            base = {"file": item.file.name, "source": item.source, "case": item.case, "label": name,
-                    "policy": policy_name, "tool": tool_name, "query": query}
+            base["query"] = query
             if not target.any():
                 record = {**base, "skipped": "the label is absent from this volume"}
             else:
@@ -241,6 +255,7 @@ def _aggregate(records: list[dict]) -> dict:
     out = {
         "n": len(records),
         "dice_at": {k: _mean([r["dice_at"][k] for r in records]) for k in map(str, INTERACTIONS)},
+        "baseline": _mean([r["baseline"]["dice"] for r in records if "baseline" in r]),
         "forward": _mean([r["forward"]["dice"] for r in records]),
         "both": _mean([r["both"]["dice"] for r in records]),
         "surface_dice": _mean([r["final"]["surface_dice"] for r in records]),
@@ -264,7 +279,7 @@ def summarise_volumes(records: list[dict]) -> dict:
     by_source = {source: _aggregate(items) for source, items in sorted(grouped.items())}
     sources = list(by_source.values())
     overall: dict = {"n": sum(s["n"] for s in sources)}
-    for key in ("forward", "both", "surface_dice", "hd95", "seconds"):
+    for key in ("baseline", "forward", "both", "surface_dice", "hd95", "seconds"):
         overall[key] = _mean([s[key] for s in sources])
     overall["hd95_missing"] = sum(s["hd95_missing"] for s in sources)
     overall["dice_at"] = {k: _mean([s["dice_at"][k] for s in sources]) for k in map(str, INTERACTIONS)}
@@ -277,13 +292,13 @@ def summarise_volumes(records: list[dict]) -> dict:
 def markdown_tables(summary: dict) -> str:
     """The 3D results table; the agent-chosen key slice columns when the run measured them."""
     keyed = "agent_key" in summary["overall"]
-    header = ("| source | n | forward only | both ways = Dice@1 | Dice@3 | Dice@5 | surface Dice@5 (2 mm) | "
+    header = ("| source | n | box baseline | forward only | both ways = Dice@1 | Dice@3 | Dice@5 | surface Dice@5 (2 mm) | "
               "HD95@5 mm | s / volume |" + (" agent key: Dice | slices off | on structure |" if keyed else ""))
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     rows = list(summary["by_source"].items()) + [("**overall** (mean of sources)", summary["overall"])]
     for name, s in rows:
         hd95 = f"{s['hd95']:.1f}" + (f" ({s['hd95_missing']} empty)" if s["hd95_missing"] else "")
-        cells = [name, str(s["n"]), f"{s['forward']:.3f}", f"{s['dice_at']['1']:.3f}", f"{s['dice_at']['3']:.3f}",
+        cells = [name, str(s["n"]), f"{s['baseline']:.3f}", f"{s['forward']:.3f}", f"{s['dice_at']['1']:.3f}", f"{s['dice_at']['3']:.3f}",
                  f"{s['dice_at']['5']:.3f}", f"{s['surface_dice']:.3f}", hd95, f"{s['seconds']:.1f}"]
         if keyed:
             k = s.get("agent_key", {})
