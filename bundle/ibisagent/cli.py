@@ -218,8 +218,11 @@ def _print_slice(state, index, ended) -> None:
 
 def _volume_run(args: argparse.Namespace, volume, label: str | None) -> int:
     """What segment-volume and segment-dicom --whole-series share: reference, policy, key slice, run, report."""
+    from .dicom.codes import UnknownLabelWarning, code_for_label
+    from .labels import choose_label
     from .outputs import check_output_dir
     from .policies import build_policy
+    from .policies.query_encoder import shared_query_encoder
     from .prompting import clean_query, load_prompts
     from .tools.factory import build_tool, parse_tool_spec
     from .volume.key_slice import reference_key_slice
@@ -249,12 +252,17 @@ def _volume_run(args: argparse.Namespace, volume, label: str | None) -> int:
         policy = build_policy("oracle", ground_truth=volume.to_display(reference[key]), target_iou=args.target_iou)
     else:
         policy = build_policy(args.policy, **_policy_options(args, None))
-    tool = build_tool(tool_config)
-    run = segment_volume(volume, args.query, args.out, tool, policy, key_slice=key, key_from=key_from, label=label,
-                         reference=reference, prompts=load_prompts(args.prompts), max_turns=args.max_turns,
-                         cache_dir=args.cache_dir, on_turn=_print_turn, on_slice=_print_slice,
-                         on_key=lambda index, how: print(f"key slice {index} ({how})", flush=True),
-                         metadata={"input": Path(args.input).name, "policy": args.policy, "tool": tool.name})
+    tool = build_tool(tool_config, args.backend)
+    choice = choose_label(label, args.query, shared_query_encoder)
+    with warnings.catch_warnings():  # the line below says it once, in words
+        warnings.simplefilter("ignore", UnknownLabelWarning)
+        print(_label_line(choice, code_for_label(choice.segment_label)), flush=True)
+        run = segment_volume(volume, args.query, args.out, tool, policy, key_slice=key, key_from=key_from,
+                             label=choice, reference=reference, prompts=load_prompts(args.prompts),
+                             max_turns=args.max_turns, cache_dir=args.cache_dir, on_turn=_print_turn,
+                             on_slice=_print_slice, on_key=lambda index, how: print(f"key slice {index} ({how})",
+                                                                                    flush=True),
+                             metadata={"input": Path(args.input).name, "policy": args.policy, "tool": tool.name})
     if not run.completed:
         result = run.result
         raise CommandError(f"run ended with {result.status.value}: {result.error or 'the policy gave no usable answer'}; "
@@ -304,7 +312,7 @@ def _evaluate_volumes(args: argparse.Namespace) -> int:
 
     chosen = {"prompt": args.propagation_prompt, "min_predicted_iou": args.min_predicted_iou}
     settings = PropagationSettings(**{key: value for key, value in chosen.items() if value is not None})
-    tool = build_tool(args.tool)
+    tool = build_tool(args.tool, args.backend)
     records = evaluate_volumes(items, tool, {name: policy_maker(name) for name in names},
                                queries=load_queries(args.queries), query_kind=args.query_kind, settings=settings,
                                prompts=load_prompts(args.prompts), max_turns=args.max_turns,

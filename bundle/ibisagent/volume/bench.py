@@ -10,15 +10,12 @@ against the distinct slices reached (a slice encoded twice would show).
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 from ..policies import build_policy
 from ..tools.base import SegmentationTool
 from ..tools.factory import build_tool
-from ..tools.onnx_export import export_onnx
-from ..tools.onnx_tool import OnnxSamTool
 from ..tools.torch_tool import TorchSamTool
 from .key_slice import reference_key_slice
 from .readers import read_label_map, read_volume
@@ -64,13 +61,13 @@ def run_volume_bench(volume_path: str | Path | None = None, label: str | None = 
     labels = read_label_map(volume)
     which = label or next(iter(sorted(labels.names.items())), (1, ""))[0]
     reference = labels.mask(which)
-    torch_tool = build_tool(tool_spec)
+    torch_tool = build_tool(tool_spec, backend="torch")
     if not isinstance(torch_tool, TorchSamTool):
-        raise ValueError(f"bench compares torch with onnxruntime: give a torch tool spec, not {tool_spec!r}")
-    with tempfile.TemporaryDirectory() as directory:
-        export_onnx(torch_tool.parts, torch_tool.transform, directory)
-        results = {"torch": _time_volume(torch_tool, volume, reference, runs),
-                   "onnxruntime": _time_volume(OnnxSamTool(directory), volume, reference, runs)}
+        raise ValueError(f"bench compares torch with onnxruntime: give a spec built from torch weights, not "
+                         f"{tool_spec!r}")
+    onnx_tool = build_tool(tool_spec, backend="onnxruntime")  # the same weights' cached graphs
+    results = {"torch": _time_volume(torch_tool, volume, reference, runs),
+               "onnxruntime": _time_volume(onnx_tool, volume, reference, runs)}
     lines = [f"tool {torch_tool.name}; {volume.describe()}; label {which}; medians of {runs} cold run(s) "
              "(oracle key slice, both ways)",
              "| backend | s / volume | slices reached | s / slice reached | encoder share | slices encoded | "

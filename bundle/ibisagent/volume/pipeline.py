@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from ..agent import AgentResult, TurnCallback
+from ..labels import LabelChoice, choose_label
 from ..metrics import dice
 from ..outputs import write_json_atomic
 from ..policies.base import Policy
+from ..policies.query_encoder import shared_query_encoder
 from ..prompting import PromptSet, clean_query
 from ..tools.base import SegmentationTool
 from .key_slice import KeySliceChoice, choose_key_slice
@@ -57,7 +59,7 @@ class VolumeRun:
 
 
 def segment_volume(volume: Volume, query: str, out_dir: str | Path, tool: SegmentationTool, policy: Policy, *,
-                   key_slice: int | None = None, key_from: str = "given", label: str | None = None,
+                   key_slice: int | None = None, key_from: str = "given", label: str | LabelChoice | None = None,
                    reference: np.ndarray | None = None,
                    prompts: PromptSet | None = None, max_turns: int = 20,
                    settings: PropagationSettings | None = None, directions: Directions = "both",
@@ -69,10 +71,13 @@ def segment_volume(volume: Volume, query: str, out_dir: str | Path, tool: Segmen
     Without `key_slice` the agent's sweep chooses it (`key_slice.choose_key_slice`);
     `key_from` says how a given one was chosen (for the trajectory). `reference`
     (N, H, W), the volume's voxel order, is scored as `reference_dice`. `label`
-    names the segment and picks its SNOMED codes in the SEG (default "target",
-    generic codes). `on_key(index, how)` reports the key slice before the agent runs.
+    names the segment and picks its SNOMED codes in the SEG; without it the
+    label comes from the query as in `segment_dicom` (`labels.choose_label`),
+    else "target" with generic codes. `on_key(index, how)` reports the key
+    slice before the agent runs.
     """
     query = clean_query(query)  # ValueError for an empty request or markup, before any slice is encoded
+    label_choice = label if isinstance(label, LabelChoice) else choose_label(label, query, shared_query_encoder)
     if reference is not None and reference.shape != volume.shape:
         raise ValueError(f"reference of shape {reference.shape} for a volume of {volume.shape}")
     session = VolumeSession(tool, volume, settings or PropagationSettings(), directions, cache_dir, on_slice)
@@ -89,9 +94,10 @@ def segment_volume(volume: Volume, query: str, out_dir: str | Path, tool: Segmen
     score = dice(mask, reference) if reference is not None else None
     if not result.status.completed:
         return VolumeRun(volume, session, result, choice, mask, (), score)
-    segment_label = label.strip() if label and label.strip() else "target"
+    segment_label = label_choice.segment_label
     trajectory = {
-        **(metadata or {}), "query": query, "label": segment_label, "volume": volume.describe(),
+        **(metadata or {}), "query": query, "label": segment_label, "label_choice": label_choice.to_dict(),
+        "volume": volume.describe(),
         "input_notes": list(volume.notes), "display": volume.display.describe(),
         "key_slice_from": how, "key_slice_choice": choice.record() if choice else None,
         "mask_voxels": int(mask.sum()), "mask_slices": [int(k) for k in np.nonzero(mask.any(axis=(1, 2)))[0]],
