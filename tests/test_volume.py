@@ -287,6 +287,13 @@ def test_segment_volume_refuses_bad_input_before_any_model_and_writes_nothing(tm
         assert main(["segment-volume", *arguments, "--query", "Segment the spleen.", "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists()
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("a person's file")
+    arguments = [str(SPLEEN), "--query", "Segment the spleen.", "--policy", "oracle", "--label", "spleen"]
+    assert main(["segment-volume", *arguments, "--out", str(foreign)]) == 2
+    assert "not an earlier volume run's" in capsys.readouterr().err
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]  # a folder is replaced whole only when it is ours
 
 
 # ----------------------------------------------------------------------------- evaluation

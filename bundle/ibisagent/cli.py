@@ -220,18 +220,17 @@ def _volume_run(args: argparse.Namespace, volume, label: str | None) -> int:
     """What segment-volume and segment-dicom --whole-series share: reference, policy, key slice, run, report."""
     from .dicom.codes import UnknownLabelWarning, code_for_label
     from .labels import choose_label
-    from .outputs import check_output_dir
     from .policies import build_policy
     from .policies.query_encoder import shared_query_encoder
     from .prompting import clean_query, load_prompts
     from .tools.factory import build_tool, parse_tool_spec
     from .volume.key_slice import reference_key_slice
-    from .volume.pipeline import segment_volume
+    from .volume.pipeline import check_volume_folder, segment_volume
     from .volume.readers import read_label_map
 
     clean_query(args.query)  # refused before any model loads
     tool_config = parse_tool_spec(args.tool)
-    check_output_dir(args.out)
+    check_volume_folder(args.out)
     if args.key_slice is not None:
         volume.check_slice(args.key_slice)
     reference = None

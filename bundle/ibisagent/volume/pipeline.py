@@ -4,7 +4,8 @@
 workflow's volume items all call `segment_volume`: read the input (or take
 it read), run the agent on the key slice (given, or chosen by the agent's
 sweep; the oracle takes the slice of largest reference area), propagate,
-and write, all in a staging folder moved into place only when complete:
+and write, all in a staging folder that replaces the output folder whole,
+in one step, only when complete (`outputs.staged_folder`):
 
 - `mask.nii.gz`: the 3D mask in the input's geometry (a NIfTI input's own affine),
 - `seg.dcm` + `seg.json` for DICOM input: one frame per source slice holding the structure,
@@ -16,9 +17,6 @@ Nothing is written when the agent's run did not complete.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import numpy as np
 from ..agent import AgentResult, TurnCallback
 from ..labels import LabelChoice, choose_label
 from ..metrics import dice
-from ..outputs import write_json_atomic
+from ..outputs import check_output_dir, staged_folder, write_json_atomic
 from ..policies.base import Policy
 from ..policies.query_encoder import shared_query_encoder
 from ..prompting import PromptSet, clean_query
@@ -40,7 +38,9 @@ from .readers import DicomSource, write_mask_nifti
 from .session import Directions, VolumeSession
 from .volume import Volume
 
-__all__ = ["VolumeRun", "segment_volume"]
+__all__ = ["VOLUME_FILES", "VolumeRun", "check_volume_folder", "is_volume_folder", "segment_volume"]
+
+VOLUME_FILES = frozenset({"mask.nii.gz", "seg.dcm", "seg.json", "trajectory.json", "montage.png"})
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,24 @@ def segment_volume(volume: Volume, query: str, out_dir: str | Path, tool: Segmen
     return VolumeRun(volume, session, result, choice, mask, written, score)
 
 
+def is_volume_folder(path: Path) -> bool:
+    """An empty folder, or one holding only what `segment_volume` writes (hidden temporaries aside)."""
+    return all(item.is_file() and item.name in VOLUME_FILES for item in path.iterdir() if not item.name.startswith("."))
+
+
+def check_volume_folder(path: str | Path) -> Path:
+    """Refuse, before any model loads, an output folder `segment_volume` could not replace whole."""
+    path = check_output_dir(path)
+    if path.is_dir() and not is_volume_folder(path):
+        raise ValueError(f"output folder {path} holds files that are not an earlier volume run's; it is replaced "
+                         "whole, so name a new or empty folder, or an earlier run's")
+    return path
+
+
 def _write_outputs(out_dir: Path, volume: Volume, session: VolumeSession, mask: np.ndarray, label: str,
                    trajectory: dict, human_clicked: bool) -> tuple[Path, ...]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
-    try:
+    """Everything written aside, then put in place of `out_dir` in one step (`outputs.staged_folder`)."""
+    with staged_folder(out_dir, is_volume_folder) as staging:
         if volume.uniform_spacing:
             write_mask_nifti(volume, mask, staging / "mask.nii.gz")
         if isinstance(volume.source, DicomSource):
@@ -124,13 +137,8 @@ def _write_outputs(out_dir: Path, volume: Volume, session: VolumeSession, mask: 
                            frame_indices=frames, trajectory=trajectory)
         write_montage(staging / "montage.png", volume, mask, session.key_slice)
         write_json_atomic(staging / "trajectory.json", trajectory)
-        written = []
-        for item in sorted(staging.iterdir()):
-            os.replace(item, out_dir / item.name)
-            written.append(out_dir / item.name)
-        return tuple(written)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        names = sorted(item.name for item in staging.iterdir())
+    return tuple(out_dir / name for name in names)
 
 
 def _series_sources(series) -> tuple[list, list[int] | None]:
