@@ -1,4 +1,5 @@
-"""The `ibis` command: segment, segment-dicom, segment-volume, demo, evaluate, evaluate-volumes, export-onnx, serve, bench, train-tool, MLLM training.
+"""The `ibis` command: segment, segment-dicom, segment-volume, demo, evaluate, evaluate-volumes, export-onnx, serve,
+bench, train-tool, MLLM training.
 
 Every expected failure (bad input, unknown policy, unreachable server) ends
 with one line `ibis: error: ...` and exit status 2, and writes nothing.
