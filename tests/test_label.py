@@ -102,6 +102,30 @@ def test_prompt_then_one_more_point_in_one_session(server, studies, lite_tool):
         result2["clicks"])
 
 
+def test_the_label_comes_from_the_prompt_when_none_is_given(server):
+    """No `label`: the segment is named (and its SEG coded) from the prompt, as segment-dicom does."""
+    _, result = label_of(infer(server.url, OTHER, {"prompt": PROMPT, "client_id": "namer"}))
+    assert result["label_names"] == {"liver": 1} and result["session"]["label"] == "liver"
+    assert result["label_choice"]["how"] == "named in the query" and result["label_choice"]["matched"] == "liver"
+    _, given = label_of(infer(server.url, OTHER, {"prompt": PROMPT, "label": "organ", "client_id": "namer"}))
+    assert given["label_names"] == {"organ": 1} and given["label_choice"]["how"] == "given"
+
+
+def test_a_prompt_that_names_no_target_goes_through_the_query_encoder(lite_tool):
+    from ibisagent.label.task import AgentLabelTask
+    from ibisagent.labels import choose_label
+    from ibisagent.policies import build_policy
+    from ibisagent.policies.query_encoder import shared_query_encoder
+
+    task = AgentLabelTask(lite_tool, build_policy, ["lite"], [REPO], query_encoder=shared_query_encoder)
+    question = "Which organ filters the blood and stores iron, on the left under the ribs?"
+    expected = choose_label(None, question, shared_query_encoder)
+    request = task._read({"prompt": question})
+    assert expected.how in ("query encoder", "no match")
+    assert request.label == expected.segment_label and request.label_choice == expected
+    assert task._read({}).label == "target"  # points only: the generic label
+
+
 def test_two_clients_interleaved_keep_separate_sessions(server):
     a = {"prompt": PROMPT, "label": "liver", "client_id": "reader-a"}
     b = {"label": "liver", "client_id": "reader-b"}

@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import __version__
 from ..agent import Agent, StartState
+from ..labels import LabelChoice, choose_label
 from ..policies.base import Policy
 from ..prompting import PromptSet, load_prompts
 from ..protocol import Action
@@ -73,6 +74,7 @@ class TaskLimits:
 class _Request:
     prompt: str | None
     label: str
+    label_choice: LabelChoice
     policy: str
     max_turns: int
     turns_after_user: int
@@ -116,8 +118,13 @@ class AgentLabelTask:
 
     def __init__(self, tool: SegmentationTool, build_policy: Callable[[str], Policy], policies: list[str],
                  roots: list[str | Path], *, prompts: PromptSet | None = None, limits: TaskLimits = TaskLimits(),
-                 session_bytes: int = 512 << 20, embedding_bytes: int = 1 << 30, expiry_seconds: float = 3600.0):
-        """`roots`: the folders images may come from (the datastore's); any other path is an unknown image."""
+                 session_bytes: int = 512 << 20, embedding_bytes: int = 1 << 30, expiry_seconds: float = 3600.0,
+                 query_encoder: Callable[[], Callable[[list[str]], np.ndarray]] | None = None):
+        """`roots`: the folders images may come from (the datastore's); any other path is an unknown image.
+
+        `query_encoder` gives the text encoder `labels.choose_label` falls back on
+        when a prompt names no known target (without it only named targets count).
+        """
         if not roots:
             raise ValueError("name the folders images may come from")
         self.roots = [Path(root).resolve() for root in roots]
@@ -127,6 +134,7 @@ class AgentLabelTask:
         self._policies: dict[str, Policy] = {}
         self.prompts = prompts or load_prompts()
         self.limits = limits
+        self.query_encoder = query_encoder
         self.sessions: BoundedCache[SessionKey, LabelSession] = BoundedCache(session_bytes, expiry_seconds)
         self.embeddings: BoundedCache[tuple, ImageEmbedding] = BoundedCache(embedding_bytes, expiry_seconds)
         self.images: BoundedCache[tuple, LabelImage] = BoundedCache(embedding_bytes, expiry_seconds)
@@ -138,9 +146,13 @@ class AgentLabelTask:
             raise LabelRequestError("params must be a JSON object")
         limits = self.limits
         prompt = _text(params, "prompt", limits.max_prompt_chars) or None
-        label = _text(params, "label", 64) or "target"
-        if not _LABEL_PATTERN.match(label):
+        given = _text(params, "label", 64)
+        if given and not _LABEL_PATTERN.match(given):
             raise LabelRequestError("label may hold letters, digits, spaces and - . , ( ) / only")
+        # No label given: the one the prompt asks for names the session and codes the SEG's segment.
+        choice = (choose_label(given, prompt, self.query_encoder) if given or prompt
+                  else LabelChoice(None, "no match", note="neither a label nor a prompt was given"))
+        label = choice.segment_label
         policy = params.get("policy") or self.policy_names[0]
         if isinstance(policy, list):  # a client that echoes the dropdown's choices
             policy = policy[0] if policy else self.policy_names[0]
@@ -158,7 +170,7 @@ class AgentLabelTask:
         slice_index = params.get("slice")
         if slice_index is not None:
             slice_index = _integer(params, "slice", 0, 0, 1 << 20)
-        return _Request(prompt, label, str(policy), _integer(params, "max_turns", 10, 1, limits.max_turns),
+        return _Request(prompt, label, choice, str(policy), _integer(params, "max_turns", 10, 1, limits.max_turns),
                         _integer(params, "agent_turns_after_user", 0, 0, limits.max_turns), client_id, slice_index,
                         _boolean(params, "reset_state"), _boolean(params, "store_seg"), points["foreground"],
                         points["background"])
@@ -341,6 +353,7 @@ class AgentLabelTask:
                   for click, origin in zip(state.clicks, state.origins, strict=True)]
         return {
             "ibisagent": __version__, "model": "ibisagent", "label_names": {request.label: 1},
+            "label_choice": request.label_choice.to_dict(),
             "session": {**asdict(session.key), "requests": session.requests,
                         "slices": sorted(session.slices)},
             "encoded": encoded, "encode_seconds": round(encode_seconds, 4), "slice": target,
@@ -360,6 +373,7 @@ class AgentLabelTask:
             raise LabelRequestError(f"store_seg needs a DICOM image; this one is {image.kind}", 422)
         trajectory = {key: result[key] for key in ("session", "slice", "clicks", "trajectory", "algorithm_type")}
         trajectory["prompt"] = request.prompt
+        trajectory["label_choice"] = request.label_choice.to_dict()
         try:
             written = write_segmentation(out_dir / "seg.dcm", view.source, view.display.to_stored(state.mask),
                                          request.label, frame_index=view.frame_index,

@@ -119,13 +119,15 @@ class AgentWorker:
 
 def _build_task(args: argparse.Namespace):
     from ..policies import build_policy
+    from ..policies.query_encoder import shared_query_encoder
     from ..tools.factory import build_tool
     from .task import TASK_CONFIG, AgentLabelTask
 
     tool = build_tool(args.tool)
     policies = list(TASK_CONFIG["policy"])
     return AgentLabelTask(tool, build_policy, policies, args.root, session_bytes=args.session_mb << 20,
-                          embedding_bytes=args.embedding_mb << 20, expiry_seconds=args.expiry)
+                          embedding_bytes=args.embedding_mb << 20, expiry_seconds=args.expiry,
+                          query_encoder=shared_query_encoder)
 
 
 def _describe(task) -> dict[str, Any]:
