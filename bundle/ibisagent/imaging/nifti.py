@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NiftiSlice"]
+__all__ = ["NiftiSlice", "on_file_grid"]
 
 _TOWARD = {"R": "right", "L": "left", "A": "anterior", "P": "posterior", "S": "superior", "I": "inferior"}
 
@@ -47,21 +47,37 @@ class NiftiSlice:
     def write_mask(self, display_mask: np.ndarray, out_path: str | Path) -> None:
         """The display-view mask as a uint8 NIfTI (1 inside) with the input's shape, affine and voxel order."""
         import nibabel as nib
-        from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
         source = nib.load(str(self.path))
         shape = tuple(source.shape[:3]) + (1,) * (3 - len(source.shape[:3]))  # a 2D image is one slice
-        file_ornt = io_orientation(source.affine)
+        file_ornt = nib.orientations.io_orientation(source.affine)
         canonical_shape = tuple(int(shape[int(axis)]) for axis in np.argsort(file_ornt[:, 0]))
         volume = np.zeros(canonical_shape, np.uint8)
         volume[:, :, self.index] = np.asarray(display_mask, np.uint8).T[::-1, ::-1]  # undo the radiological view
-        canonical_affine = source.affine @ inv_ornt_aff(file_ornt, shape)  # as nibabel's as_closest_canonical
-        mask = nib.Nifti1Image(volume, canonical_affine).as_reoriented(ornt_transform(axcodes2ornt("RAS"), file_ornt))
-        if mask.shape != shape or not np.allclose(mask.affine, source.affine, atol=1e-4):
-            raise ValueError(f"{self.path.name}: the mask could not be put back on the input's grid")
-        data = np.asarray(mask.dataobj, np.uint8).reshape(source.shape[:3])
-        out = nib.Nifti1Image(data, source.affine)
-        out.set_qform(source.affine, code=int(source.header.get("qform_code", 1)) or 1)
-        out.set_sform(source.affine, code=int(source.header.get("sform_code", 1)) or 1)
-        out.header.set_xyzt_units(*source.header.get_xyzt_units())
-        nib.save(out, str(out_path))
+        nib.save(on_file_grid(volume, source, self.path.name), str(out_path))
+
+
+def on_file_grid(canonical: np.ndarray, source, name: str = "the input"):
+    """A uint8 mask in the RAS+ voxel order of `source` (nibabel's closest canonical, as the readers show it) put
+    back on the file's own voxel grid: its shape, voxel order, affine, qform/sform codes and units.
+
+    One home for the way back, used by the slice path (`NiftiSlice`) and the
+    volume path (`volume.readers.write_mask_nifti`). `source` is the loaded
+    nibabel image; a ValueError says when the mask does not fit its grid.
+    """
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    shape = tuple(source.shape[:3]) + (1,) * (3 - len(source.shape[:3]))
+    file_ornt = io_orientation(source.affine)
+    canonical_affine = source.affine @ inv_ornt_aff(file_ornt, shape)  # as nibabel's as_closest_canonical
+    mask = nib.Nifti1Image(np.asarray(canonical, np.uint8), canonical_affine)
+    mask = mask.as_reoriented(ornt_transform(axcodes2ornt("RAS"), file_ornt))
+    if mask.shape != shape or not np.allclose(mask.affine, source.affine, atol=1e-4):
+        raise ValueError(f"{name}: the mask could not be put back on the input's grid")
+    data = np.asarray(mask.dataobj, np.uint8).reshape(source.shape[:3])
+    out = nib.Nifti1Image(data, source.affine)
+    out.set_qform(source.affine, code=int(source.header.get("qform_code", 1)) or 1)
+    out.set_sform(source.affine, code=int(source.header.get("sform_code", 1)) or 1)
+    out.header.set_xyzt_units(*source.header.get_xyzt_units())
+    return out

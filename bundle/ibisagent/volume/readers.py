@@ -30,12 +30,10 @@ _CANONICAL = np.array([[0, 1], [1, 1], [2, 1]], float)  # nibabel's orientation 
 
 @dataclass(frozen=True, eq=False)
 class NiftiSource:
-    """A NIfTI file: its header, and how its voxel axes were reordered (nibabel orientation, file -> RAS+)."""
+    """A NIfTI file as read (nibabel's image: header and affine; the voxels were read into the Volume)."""
 
     path: Path
-    header: object  # nibabel.Nifti1Header
-    file_affine: np.ndarray
-    orientation: np.ndarray
+    image: object  # nibabel.Nifti1Image: `imaging.nifti.on_file_grid` puts masks back on its grid
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,7 +118,7 @@ def _read_nifti(path: Path, modality: str | None) -> Volume:
     if not np.allclose(orientation, _CANONICAL):
         notes.append(f"voxel axes reordered from the file's {''.join(_axcodes(image.affine))} to RAS (no resampling); "
                      "mask.nii.gz is written back in the file's own order")
-    source = NiftiSource(path, image.header.copy(), np.asarray(image.affine, float), orientation)
+    source = NiftiSource(path, image)
     return Volume(voxels, _zyx_lps(affine), modality, True, source, path.name, tuple(notes))
 
 
@@ -336,12 +334,14 @@ def _on_volume_grid(data: np.ndarray, ras_affine: np.ndarray, volume: Volume, na
 def write_mask_nifti(volume: Volume, mask: np.ndarray, path: str | Path) -> Path:
     """A (N, H, W) voxel-order mask as NIfTI (uint8 0/1) in the input's own geometry, written atomically.
 
-    NIfTI input: the file's voxel order, affine and header (qform/sform codes);
+    NIfTI input: the file's voxel order, affine, qform/sform codes and units
+    (`imaging.nifti.on_file_grid`, shared with the slice path);
     npz: its (z, y, x) order and its affine (spacing only without one); DICOM:
     (column, row, slice) order with the series' affine in RAS.
     """
     import nibabel as nib
 
+    from ..imaging.nifti import on_file_grid
     from ..outputs import publish
 
     mask = np.asarray(mask)
@@ -352,13 +352,7 @@ def write_mask_nifti(volume: Volume, mask: np.ndarray, path: str | Path) -> Path
     data = mask.astype(np.uint8)
     source = volume.source
     if isinstance(source, NiftiSource):
-        canonical = data.transpose(2, 1, 0)
-        back = nib.orientations.ornt_transform(_CANONICAL, source.orientation)
-        data = nib.orientations.apply_orientation(canonical, back)
-        header = source.header.copy()
-        header.set_data_dtype(np.uint8)
-        header.set_slope_inter(1.0, 0.0)
-        image = nib.Nifti1Image(np.ascontiguousarray(data), source.file_affine, header)
+        image = on_file_grid(data.transpose(2, 1, 0), source.image, source.path.name)
     elif isinstance(source, NpzSource):
         affine = source.ras_affine if source.ras_affine is not None else RAS_FROM_LPS @ volume.affine
         image = nib.Nifti1Image(data, affine)
