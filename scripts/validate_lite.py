@@ -17,7 +17,7 @@ from ibisagent.policies.query_encoder import QueryEncoder
 from ibisagent.tools.factory import build_tool
 from ibisagent.training.click_env import load_episodes
 from ibisagent.training.embedding_cache import EmbeddingCache
-from ibisagent.training.lite_rollouts import validate_policy, validation_queries
+from ibisagent.training.lite.rollouts import validate_policy, validation_queries
 
 parser = argparse.ArgumentParser()
 parser.add_argument("checkpoint")

@@ -34,7 +34,7 @@ def test_jittered_box_stays_near_the_target_and_inside_the_image():
 
 
 def test_arbitrary_boxes_stay_in_the_frame_and_vary_in_size():
-    from ibisagent.training.click_tuning import random_box
+    from ibisagent.training.tool.click_tuning import random_box
 
     rng = np.random.default_rng(0)
     boxes = np.array([random_box(64, rng) for _ in range(200)])
@@ -47,7 +47,7 @@ def test_arbitrary_box_distillation_learns_only_from_the_teacher():
     import torch
 
     from ibisagent.tools.sam_model import PromptDecoder, build_lite_medsam
-    from ibisagent.training.click_tuning import _box_step
+    from ibisagent.training.tool.click_tuning import _box_step
 
     student, teacher = PromptDecoder(build_lite_medsam()), PromptDecoder(build_lite_medsam()).requires_grad_(False)
     features = torch.randn(2, 256, 64, 64)
@@ -96,7 +96,7 @@ def test_embedding_cache_computes_once(tmp_path, lite_tool, real_pairs):
 def test_short_training_run_resumes_and_its_decoder_loads(tmp_path, med2d_manifest, demo_image):
     from ibisagent.tools.base import Click
     from ibisagent.tools.factory import build_tool
-    from ibisagent.training.click_tuning import ClickTuningConfig, train_click_decoder
+    from ibisagent.training.tool.click_tuning import ClickTuningConfig, train_click_decoder
 
     # Epoch 2 follows its own schedule entry: box batches only, distilled from the base decoder,
     # half of them arbitrary boxes.

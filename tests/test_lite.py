@@ -70,7 +70,7 @@ def test_reading_a_foreign_trajectory_line_names_the_line(tmp_path, trajectory_f
 
 def test_states_give_learnable_targets(trajectory_file):
     from ibisagent.policies.lite_model import LiteConfig
-    from ibisagent.training.lite_data import build_states
+    from ibisagent.training.lite.data import build_states
 
     states = build_states([trajectory_file], LiteConfig())
     steps_total = sum(len(json.loads(line)["steps"]) for line in trajectory_file.read_text().splitlines()) // 2
@@ -84,7 +84,7 @@ def test_states_give_learnable_targets(trajectory_file):
 
 
 def test_two_stage_training_runs_and_resumes(tmp_path, trajectory_file, med2d_manifest):
-    from ibisagent.training.lite_training import LiteTrainingConfig, train_lite
+    from ibisagent.training.lite.training import LiteTrainingConfig, train_lite
 
     config = LiteTrainingConfig(
         manifest=str(med2d_manifest), queries=str(med2d_manifest.parent / "queries.json"),
@@ -114,7 +114,7 @@ def test_two_stage_training_runs_and_resumes(tmp_path, trajectory_file, med2d_ma
 def test_dagger_labels_the_states_the_policy_reaches(tmp_path, lite_tool, lite_policy, real_pairs):
     from ibisagent.training.click_env import ClickEnvironment, load_episodes
     from ibisagent.training.embedding_cache import EmbeddingCache
-    from ibisagent.training.lite_rollouts import collect_on_policy_states, greedy_rollout
+    from ibisagent.training.lite.rollouts import collect_on_policy_states, greedy_rollout
 
     episodes = load_episodes([p for p in real_pairs if p.source in ("imis-btcv", "kvasir-seg")], 256)
     rows = list(range(len(episodes.pairs)))

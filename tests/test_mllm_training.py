@@ -70,7 +70,7 @@ def trajectory_file(tmp_path_factory, lite_tool, real_pairs):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, trajectory_file, prompts):
-    from ibisagent.training.mllm_export import export_mllm
+    from ibisagent.training.mllm.export import export_mllm
 
     root = tmp_path_factory.mktemp("exports")
     export_mllm([trajectory_file], root / "sft", "sft", prompts)
@@ -111,8 +111,8 @@ def test_sft_export_renders_the_agents_turns(exports, trajectory_file, prompts):
 def test_grpo_rewards_replay_the_annotator_with_the_tool(exports, trajectory_file, lite_tool):
     """The annotator's own answer, scored by the tool in the loop, lands on the trajectory's recorded IoU."""
     from ibisagent.metrics import iou
-    from ibisagent.training.mllm_export import load_mllm_dataset
-    from ibisagent.training.mllm_grpo import ToolRewards
+    from ibisagent.training.mllm.export import load_mllm_dataset
+    from ibisagent.training.mllm.grpo import ToolRewards
     from ibisagent.training.trajectories import decode_mask, read_trajectories
 
     record = next(read_trajectories(trajectory_file))
@@ -150,7 +150,7 @@ def _click(values):
 
 
 def test_export_errors_are_one_line_and_leave_nothing(tmp_path, trajectory_file):
-    from ibisagent.training.mllm_export import export_mllm, load_mllm_dataset
+    from ibisagent.training.mllm.export import export_mllm, load_mllm_dataset
 
     with pytest.raises(ValueError, match="does not exist"):
         export_mllm([tmp_path / "absent.jsonl"], tmp_path / "out")
@@ -174,7 +174,7 @@ def _free_port() -> int:
 
 
 def test_teacher_rationales_come_from_an_openai_compatible_endpoint(tmp_path, trajectory_file, prompts):
-    from ibisagent.training.mllm_export import Teacher, export_mllm
+    from ibisagent.training.mllm.export import Teacher, export_mllm
 
     port, log = _free_port(), tmp_path / "requests.jsonl"
     server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "chat_server.py"), str(port), str(log)],
@@ -200,8 +200,8 @@ def test_sft_lora_loss_goes_down_then_the_merged_checkpoint_runs_the_agent(tiny_
     from safetensors.torch import load_file
 
     from ibisagent.policies import build_policy
-    from ibisagent.training.mllm_model import LoraSettings
-    from ibisagent.training.mllm_sft import SFTRecipe, train_sft
+    from ibisagent.training.mllm.model import LoraSettings
+    from ibisagent.training.mllm.sft import SFTRecipe, train_sft
 
     size = len(_rows(exports / "sft"))  # one batch holds the whole dataset: every step sees the same batch
     recipe = SFTRecipe(model=str(tiny_qwen), dataset=str(exports / "sft"), out_dir=str(tmp_path / "sft"),
@@ -234,9 +234,9 @@ def test_sft_lora_loss_goes_down_then_the_merged_checkpoint_runs_the_agent(tiny_
 
 
 def test_grpo_scores_sampled_answers_with_the_tool_and_logs_every_reward(tiny_qwen, exports, tmp_path, lite_tool):
-    from ibisagent.training.mllm_grpo import GRPORecipe, train_grpo
-    from ibisagent.training.mllm_model import LoraSettings
-    from ibisagent.training.mllm_sft import SFTRecipe, train_sft
+    from ibisagent.training.mllm.grpo import GRPORecipe, train_grpo
+    from ibisagent.training.mllm.model import LoraSettings
+    from ibisagent.training.mllm.sft import SFTRecipe, train_sft
     from ibisagent.training.rewards import REWARD_TERMS
 
     # Warm start: full fine-tuning (LoRA rank 0) on the first state until the tiny model writes the protocol
@@ -272,8 +272,8 @@ def test_cli_export_and_the_shipped_training_configs(tmp_path, trajectory_file, 
     from trl import GRPOConfig, SFTConfig
 
     from ibisagent.cli import main
-    from ibisagent.training.mllm_grpo import GRPORecipe
-    from ibisagent.training.mllm_sft import SFTRecipe
+    from ibisagent.training.mllm.grpo import GRPORecipe
+    from ibisagent.training.mllm.sft import SFTRecipe
 
     assert main(["export-mllm", "--kind", "grpo", "--trajectories", str(trajectory_file),
                  "--out", str(tmp_path / "grpo")]) == 0

@@ -518,7 +518,7 @@ def _train_lite(args: argparse.Namespace) -> int:
 
 def _export_mllm(args: argparse.Namespace) -> int:
     from .prompting import load_prompts
-    from .training.mllm_export import Teacher, export_mllm
+    from .training.mllm.export import Teacher, export_mllm
 
     teacher = None
     if args.teacher_url or args.teacher_model:
@@ -544,7 +544,7 @@ def _train_mllm(args: argparse.Namespace) -> int:
 
 
 def _merge_lora(args: argparse.Namespace) -> int:
-    from .training.mllm_model import merge_adapter
+    from .training.mllm.model import merge_adapter
 
     print(f"merged checkpoint: {merge_adapter(args.adapter, args.out, args.base)}")
     return 0

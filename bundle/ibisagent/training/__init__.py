@@ -1,1 +1,2 @@
-"""Training: the click-tuned segmentation decoder (and, later, trajectories and policies)."""
+"""Training: shared pieces here (trajectories, rewards, embedding cache, staging, schedule, click sampling, the
+click environment), one room per trainer: `tool/` (the click decoder), `lite/` (IBIS-lite), `mllm/` (the MLLM)."""

@@ -25,7 +25,7 @@ from ..imaging.transform import Frame
 from ..policies.lite_model import PolicyState, valid_region
 from ..tools.base import LABEL_NEGATIVE, LABEL_POSITIVE
 from ..tools.sam_model import PromptDecoder
-from .click_tuning import prompt_tensors
+from .click_sampling import prompt_tensors
 from .embedding_cache import EmbeddingCache
 
 __all__ = ["ClickEnvironment", "Candidate", "Episodes", "load_episodes"]

@@ -8,9 +8,12 @@ too (any pixel at least half as deep as the deepest one).
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-__all__ = ["sample_click", "jittered_box"]
+from ..tools.base import LABEL_PAD
+
+__all__ = ["sample_click", "jittered_box", "prompt_tensors"]
 
 
 def sample_click(prediction: np.ndarray, target: np.ndarray, rng: np.random.Generator,
@@ -42,3 +45,15 @@ def jittered_box(target: np.ndarray, rng: np.random.Generator, max_shift: float 
     box += rng.uniform(-max_shift, max_shift, 4).astype(np.float32) * size
     limit = np.array([target.shape[1] - 1, target.shape[0] - 1] * 2, np.float32)
     return np.clip(box, 0, limit)
+
+
+def prompt_tensors(points: list[list[tuple[float, float, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (x, y, label) lists, padded with not-a-point entries to one length (+1 pad, as at inference)."""
+    length = max(len(p) for p in points) + 1
+    coords = np.zeros((len(points), length, 2), np.float32)
+    labels = np.full((len(points), length), LABEL_PAD, np.float32)
+    for index, sample_points in enumerate(points):
+        for slot, (x, y, label) in enumerate(sample_points):
+            coords[index, slot] = (x, y)
+            labels[index, slot] = label
+    return torch.from_numpy(coords), torch.from_numpy(labels)

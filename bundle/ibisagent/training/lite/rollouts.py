@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..evaluation import choose_query
-from ..policies.lite_model import (LiteConfig, LitePolicyNet, PolicyState, action_distribution, decode_action,
-                                   greedy_actions, pool_embedding, state_tensors)
-from ..policies.query_encoder import QueryEncoder
-from ..tools.sam_model import PromptDecoder
-from .click_env import Candidate, ClickEnvironment, Episodes
-from .click_sampling import sample_click
-from .embedding_cache import EmbeddingCache
-from .lite_data import StateSet, action_target, assemble_states
+from ...evaluation import choose_query
+from ...policies.lite_model import (LiteConfig, LitePolicyNet, PolicyState, action_distribution, decode_action,
+                                    greedy_actions, pool_embedding, state_tensors)
+from ...policies.query_encoder import QueryEncoder
+from ...tools.sam_model import PromptDecoder
+from ..click_env import Candidate, ClickEnvironment, Episodes
+from ..click_sampling import sample_click
+from ..embedding_cache import EmbeddingCache
+from .data import StateSet, action_target, assemble_states
 
 __all__ = ["candidate", "greedy_rollout", "validation_queries", "validate_policy", "collect_on_policy_states"]
 

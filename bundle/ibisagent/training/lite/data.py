@@ -24,10 +24,10 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..imaging.io import read_mask
-from ..imaging.transform import Frame
-from ..policies.lite_model import LiteConfig, PolicyState, frame_xy_to_cell, state_tensors, valid_region
-from .trajectories import decode_mask, read_trajectories
+from ...imaging.io import read_mask
+from ...imaging.transform import Frame
+from ...policies.lite_model import LiteConfig, PolicyState, frame_xy_to_cell, state_tensors, valid_region
+from ..trajectories import decode_mask, read_trajectories
 
 __all__ = ["StateSet", "action_target", "assemble_states", "build_states", "label_queries", "normalised_to_frame"]
 

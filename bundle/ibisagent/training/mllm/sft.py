@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .mllm_export import load_mllm_dataset
-from .mllm_model import RecipeSettings, finish_training, load_model, load_processor
+from .export import load_mllm_dataset
+from .model import RecipeSettings, finish_training, load_model, load_processor
 
 __all__ = ["SFTRecipe", "train_sft"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .staging import staged_folder
+from ..staging import staged_folder
 
 __all__ = ["LoraSettings", "RecipeSettings", "LANGUAGE_LINEAR_LAYERS", "load_model", "load_processor",
            "freeze_vision", "merge_adapter", "finish_training"]
@@ -194,7 +194,7 @@ def finish_training(trainer, recipe: RecipeSettings, processor, log_name: str) -
     Only the main process writes; the others wait, so a multi-GPU run leaves
     one consistent set of outputs. Returns the log history and both folders.
     """
-    from ..outputs import write_json_atomic
+    from ...outputs import write_json_atomic
 
     trainer.train(resume_from_checkpoint=recipe.resume_checkpoint())
     final = Path(recipe.out_dir) / "final"

@@ -30,13 +30,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..imaging.io import read_mask
-from ..imaging.overlay import overlay_mask
-from ..policies.base import Observation
-from ..prompting import PromptSet, load_prompts
-from ..protocol import Action, format_response, parse_action
-from .staging import staged_folder
-from .trajectories import decode_mask, read_trajectories
+from ...imaging.io import read_mask
+from ...imaging.overlay import overlay_mask
+from ...policies.base import Observation
+from ...prompting import PromptSet, load_prompts
+from ...protocol import Action, format_response, parse_action
+from ..staging import staged_folder
+from ..trajectories import decode_mask, read_trajectories
 
 __all__ = ["SFT_FORMAT", "GRPO_FORMAT", "ExportKind", "State", "Teacher", "template_rationale", "iter_states",
            "export_mllm", "load_mllm_dataset"]
@@ -106,7 +106,7 @@ class Teacher:
 
     def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", timeout: float = 60.0,
                  max_retries: int = 2, max_tokens: int = 160):
-        from ..policies.openai_policy import OpenAIPolicy
+        from ...policies.openai_policy import OpenAIPolicy
 
         self.client = OpenAIPolicy(base_url, model, api_key=api_key, timeout=timeout, max_retries=max_retries,
                                    max_tokens=max_tokens, temperature=0.0)

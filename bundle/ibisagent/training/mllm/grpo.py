@@ -21,12 +21,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..imaging.io import read_mask
-from ..protocol import parse_response
-from ..tools.base import Click, ImageEmbedding, SegmentationTool
-from .mllm_export import load_mllm_dataset
-from .mllm_model import RecipeSettings, finish_training, load_model, load_processor
-from .rewards import REWARD_TERMS, RewardConfig, StepOutcome, step_rewards
+from ...imaging.io import read_mask
+from ...protocol import parse_response
+from ...tools.base import Click, ImageEmbedding, SegmentationTool
+from ..rewards import REWARD_TERMS, RewardConfig, StepOutcome, step_rewards
+from .export import load_mllm_dataset
+from .model import RecipeSettings, finish_training, load_model, load_processor
 
 __all__ = ["GRPORecipe", "ToolRewards", "train_grpo"]
 
@@ -153,7 +153,7 @@ def train_grpo(recipe: GRPORecipe, tool: SegmentationTool | None = None) -> dict
     """
     from trl import GRPOConfig, GRPOTrainer
 
-    from ..tools.factory import build_tool
+    from ...tools.factory import build_tool
 
     dataset = load_mllm_dataset(recipe.dataset, "grpo")
     rewards = ToolRewards(tool or build_tool(recipe.tool), recipe.rewards)

@@ -31,19 +31,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..evaluation import Pair, read_manifest
-from ..imaging.io import read_mask
-from ..imaging.transform import Frame, ImageTransform
-from ..outputs import save_torch_atomic
-from ..tools.base import LABEL_BOX_END, LABEL_BOX_START, LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE
-from ..tools.onnx_export import export_onnx
-from ..tools.onnx_tool import OnnxSamTool
-from ..tools.sam_model import PromptDecoder, build_lite_medsam
-from .click_sampling import jittered_box, sample_click
-from .embedding_cache import EmbeddingCache
-from .schedule import scheduled
+from ...evaluation import Pair, read_manifest
+from ...imaging.io import read_mask
+from ...imaging.transform import Frame, ImageTransform
+from ...outputs import save_torch_atomic
+from ...tools.base import LABEL_BOX_END, LABEL_BOX_START, LABEL_NEGATIVE, LABEL_POSITIVE
+from ...tools.onnx_export import export_onnx
+from ...tools.onnx_tool import OnnxSamTool
+from ...tools.sam_model import PromptDecoder, build_lite_medsam
+from ..click_sampling import jittered_box, prompt_tensors, sample_click
+from ..embedding_cache import EmbeddingCache
+from ..schedule import scheduled
 
-__all__ = ["ClickTuningConfig", "prompt_tensors", "random_box", "train_click_decoder", "validate"]
+__all__ = ["ClickTuningConfig", "random_box", "train_click_decoder", "validate"]
 
 VALIDATION_CLICKS = (1, 3, 5)
 
@@ -86,18 +86,6 @@ def _samples(pairs: list[Pair], input_size: int, limit: int | None) -> list[Samp
         if target.any():
             samples.append(Sample(pair.image, target, pair.source))
     return samples
-
-
-def prompt_tensors(points: list[list[tuple[float, float, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (x, y, label) lists, padded with not-a-point entries to one length (+1 pad, as at inference)."""
-    length = max(len(p) for p in points) + 1
-    coords = np.zeros((len(points), length, 2), np.float32)
-    labels = np.full((len(points), length), LABEL_PAD, np.float32)
-    for index, sample_points in enumerate(points):
-        for slot, (x, y, label) in enumerate(sample_points):
-            coords[index, slot] = (x, y)
-            labels[index, slot] = label
-    return torch.from_numpy(coords), torch.from_numpy(labels)
 
 
 def _mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

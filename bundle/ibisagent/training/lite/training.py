@@ -2,7 +2,7 @@
 
 Stage 1 (SFT) imitates the annotator of `ibis trajectories`, then, in
 optional DAgger rounds, the annotator's answers on the states the policy
-itself reaches (`lite_rollouts`), starting from the best SFT epoch. Stage 2 (GRPO)
+itself reaches (`rollouts`), starting from the best SFT epoch. Stage 2 (GRPO)
 starts from the SFT policy: on its own rollouts, at each state it samples a
 group of actions, runs each through the segmentation tool, scores it with
 the five fine-grained rewards (`rewards.py`), and raises the probability of
@@ -25,21 +25,21 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..evaluation import load_queries, read_manifest, select_pairs
-from ..policies.lite import LITE_FORMAT, load_lite_checkpoint, rationale
-from ..policies.lite_model import (LiteConfig, LitePolicyNet, action_distribution, greedy_actions, masked_logits,
-                                   pool_embedding, state_tensors)
-from ..policies.query_encoder import QUERY_ENCODER_NAME, QueryEncoder
-from ..outputs import save_torch_atomic
-from ..protocol import Action, format_response
-from ..tools.factory import build_tool
-from ..tools.torch_tool import TorchSamTool
-from .click_env import Candidate, ClickEnvironment, Episodes, load_episodes
-from .embedding_cache import EmbeddingCache
-from .lite_data import StateSet, build_states, label_queries
-from .lite_rollouts import candidate, collect_on_policy_states, validate_policy, validation_queries
-from .rewards import RewardConfig, StepOutcome, combine, step_rewards
-from .schedule import scheduled
+from ...evaluation import load_queries, read_manifest, select_pairs
+from ...policies.lite import LITE_FORMAT, load_lite_checkpoint, rationale
+from ...policies.lite_model import (LiteConfig, LitePolicyNet, action_distribution, greedy_actions, masked_logits,
+                                    pool_embedding, state_tensors)
+from ...policies.query_encoder import QUERY_ENCODER_NAME, QueryEncoder
+from ...outputs import save_torch_atomic
+from ...protocol import Action, format_response
+from ...tools.factory import build_tool
+from ...tools.torch_tool import TorchSamTool
+from ..click_env import Candidate, ClickEnvironment, Episodes, load_episodes
+from ..embedding_cache import EmbeddingCache
+from ..rewards import RewardConfig, StepOutcome, combine, step_rewards
+from ..schedule import scheduled
+from .data import StateSet, build_states, label_queries
+from .rollouts import candidate, collect_on_policy_states, validate_policy, validation_queries
 
 __all__ = ["LiteTrainingConfig", "train_lite"]
 

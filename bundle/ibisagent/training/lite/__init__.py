@@ -1,0 +1,1 @@
+"""Training IBIS-lite: supervised states, rollouts (validation, DAgger), SFT + DAgger + GRPO (`ibis train-lite`)."""
