@@ -20,6 +20,9 @@ from conftest import MED2D, REPO
 IMAGE = "ABD_035_51"  # a BTCV test-split CT slice (liver visible)
 OTHER = "ABD_035_61"
 PROMPT = "Segment the liver."
+VOLUME = MED2D.parent / "volumes" / "acdc" / "patient001_ED.npz"  # a real cine-MRI stack (10 slices, test split)
+VOLUME_ID = "acdc_patient001_ED"
+VOLUME_PROMPT = "Segment the left ventricle of the heart."
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,14 @@ def studies(tmp_path_factory, med2d_manifest):
     folder = tmp_path_factory.mktemp("studies")
     for name in (IMAGE, OTHER):
         shutil.copy(MED2D / "images" / "imis-btcv" / f"{name}.png", folder / f"{name}.png")
+    if VOLUME.is_file():  # MONAI Label's datastore lists NIfTI, not npz: the same voxels as a NIfTI file, stored LPS
+        import nibabel as nib
+
+        with np.load(VOLUME) as archive:
+            image, spacing = archive["image"], archive["spacing"]
+        affine = np.diag([-spacing[2], -spacing[1], spacing[0], 1.0])  # (i, j, k) toward L, P, S
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(image.transpose(2, 1, 0)), affine),
+                 str(folder / f"{VOLUME_ID}.nii.gz"))
     return folder
 
 
@@ -124,6 +135,77 @@ def test_a_prompt_that_names_no_target_goes_through_the_query_encoder(lite_tool)
     assert expected.how in ("query encoder", "no match")
     assert request.label == expected.segment_label and request.label_choice == expected
     assert task._read({}).label == "target"  # points only: the generic label
+
+
+def test_a_volume_prompt_then_a_point_on_another_slice(server, studies, tmp_path):
+    """3D through VolumeSession: the server's label is the in-process session's, voxel for voxel; a person's point
+    on another slice changes what add_clicks changes, and no slice is encoded twice."""
+    import json
+
+    import nibabel as nib
+
+    from ibisagent.policies import build_policy
+    from ibisagent.tools.factory import build_tool
+    from ibisagent.volume.readers import read_volume, write_mask_nifti
+    from ibisagent.volume.session import VolumeSession
+
+    if not VOLUME.is_file():
+        pytest.skip(f"real volume absent: {VOLUME}")
+    with np.load(VOLUME) as archive:
+        reference = archive["labels"] == 3  # the left ventricle: where the person clicks
+    key = int(np.argmax(reference.sum(axis=(1, 2))))
+    volume = read_volume(studies / f"{VOLUME_ID}.nii.gz")
+    session = VolumeSession(build_tool("lite-medsam"), volume)  # the tool the server runs
+    session.run_agent(build_policy("lite"), VOLUME_PROMPT, key, max_turns=10)
+
+    def label_file(answer) -> tuple[np.ndarray, dict]:
+        assert answer.status == 200, answer.body[:500]
+        parts = answer.parts()
+        path = tmp_path / f"label-{len(list(tmp_path.iterdir()))}.nii.gz"
+        path.write_bytes(parts["image"])
+        return np.asarray(nib.load(str(path)).dataobj), json.loads(parts["params"])
+
+    def expected() -> np.ndarray:
+        path = write_mask_nifti(volume, session.mask(), tmp_path / f"expected-{len(list(tmp_path.iterdir()))}.nii.gz")
+        return np.asarray(nib.load(str(path)).dataobj)
+
+    params = {"prompt": VOLUME_PROMPT, "slice": key, "client_id": "volume-reader"}
+    label, first = label_file(infer(server.url, VOLUME_ID, params))
+    assert first["dimension"] == 3 and first["key_slice"] == key and first["algorithm_type"] == "AUTOMATIC"
+    assert label.shape == volume.shape[::-1] and label.any()
+    assert np.array_equal(label, expected())
+    assert sorted(first["encoded_slices"]) == sorted(session.encoder.encoded)
+    assert {c["origin"] for c in first["clicks"]} == {"agent"}
+
+    # the person clicks inside the ventricle on another slice the agent's mask misses most of
+    before = session.mask()
+    others = [k for k in range(volume.slice_count) if k != key and reference[k].any()]
+    second_slice = max(others, key=lambda k: int((reference[k] & ~before[k]).sum()))
+    rows, columns = np.nonzero(reference[second_slice] & ~before[second_slice]) if (
+        reference[second_slice] & ~before[second_slice]).any() else np.nonzero(reference[second_slice])
+    row, column = int(rows[len(rows) // 2]), int(columns[len(columns) // 2])
+    # file voxel (i, j, k) of the LPS-stored file: i = columns - 1 - column, j = rows - 1 - row, k = slice
+    point = [volume.shape[2] - 1 - column, volume.shape[1] - 1 - row, second_slice]
+    encoded_before = len(session.encoder.encoded)
+    session.add_clicks(second_slice, [session.click_at(second_slice, row, column, True)], author="person")
+    label2, second = label_file(infer(server.url, VOLUME_ID, {**params, "foreground": [point]}))
+    assert np.array_equal(label2, expected())
+    after = session.mask()
+    assert second["changed_slices"] == [int(k) for k in np.nonzero((after != before).any(axis=(1, 2)))[0]]
+    assert second["clicked_slices"] == [second_slice] and second["algorithm_type"] == "SEMIAUTOMATIC"
+    assert second["encoded_slices"] == session.encoder.encoded[encoded_before:]
+    assert not set(second["encoded_slices"]) & set(first["encoded_slices"])  # no slice encoded twice
+    assert [c["origin"] for c in second["clicks"] if c["slice"] == second_slice][-1] == "person"
+    assert second["trajectory"][-1]["by"] == "person" and second["trajectory"][-1]["points"] == [point]
+
+    # the client resends the same point: nothing changes and nothing is encoded
+    label3, third = label_file(infer(server.url, VOLUME_ID, {**params, "foreground": [point]}))
+    assert np.array_equal(label3, label2) and third["changed_slices"] == [] and third["encoded_slices"] == []
+
+    # the person removes the point: the session is rebuilt from the agent's pass, without encoding
+    label4, fourth = label_file(infer(server.url, VOLUME_ID, params))
+    assert np.array_equal(label4, label) and fourth["encoded_slices"] == []
+    assert fourth["algorithm_type"] == "AUTOMATIC" and fourth["trajectory"][-1]["action"] == "remove points"
 
 
 def test_two_clients_interleaved_keep_separate_sessions(server):

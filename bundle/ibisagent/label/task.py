@@ -10,7 +10,9 @@ clicks: each joins the session's clicks (origin recorded) and the tool
 updates the mask from all clicks and its previous logits; then the agent may
 continue for `agent_turns_after_user` turns. Points the client no longer
 sends were removed by the person: the slice is replayed without them. No
-click re-encodes the image.
+click re-encodes the image. A NIfTI or npz volume goes through the volume
+room's `VolumeSession` instead (`label/volumes.py`): the agent's key slice is
+propagated through the volume and the person's points correct any slice.
 
 Every input problem is a `LabelRequestError` with an HTTP status and a
 message that names the field; the MONAI Label process turns it into the
@@ -138,6 +140,7 @@ class AgentLabelTask:
         self.sessions: BoundedCache[SessionKey, LabelSession] = BoundedCache(session_bytes, expiry_seconds)
         self.embeddings: BoundedCache[tuple, ImageEmbedding] = BoundedCache(embedding_bytes, expiry_seconds)
         self.images: BoundedCache[tuple, LabelImage] = BoundedCache(embedding_bytes, expiry_seconds)
+        self.volumes: BoundedCache[tuple, Any] = BoundedCache(embedding_bytes, expiry_seconds)  # SliceEncoders
 
     # ------------------------------------------------------------------ request reading
 
@@ -201,6 +204,11 @@ class AgentLabelTask:
         path = Path(image_path).resolve() if str(image_path) else None
         if path is None or not path.exists() or not any(path.is_relative_to(root) for root in self.roots):
             raise LabelRequestError(f"unknown image {image_id!r}"[:200], 404)
+        if path.name.lower().endswith((".nii", ".nii.gz", ".npz")):
+            from .volumes import is_volume_file
+
+            if is_volume_file(path):
+                return self._infer_volume(path, image_id, request, Path(out_dir), started)
         image = self._image(path)
         by_slice = self._points_by_slice(image, request)
         target = self._target_slice(image, request, by_slice)
@@ -235,6 +243,109 @@ class AgentLabelTask:
         result = self._result(session, image, target, state, request, encoded, encode_seconds, status)
         if request.store_seg:
             result["seg_file"] = str(self._write_seg(image, target, state, request, result, out_dir))
+        result["latency_ms"] = round(1000 * (time.perf_counter() - started), 2)
+        return label_path, result
+
+    # ------------------------------------------------------------------ 3D (label/volumes.py)
+
+    def _volume_encoder(self, path: Path):
+        """The volume's `SliceEncoder`, shared by every client: each slice is encoded once."""
+        from ..volume.slices import SliceEncoder
+        from .volumes import open_volume
+
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size, self.tool.encoder_key)
+        encoder = self.volumes.get(key)
+        if encoder is None:
+            try:
+                encoder = SliceEncoder(self.tool, open_volume(path))
+            except ValueError as error:
+                raise LabelRequestError(str(error), 422) from None
+        return key, encoder
+
+    def _infer_volume(self, path: Path, image_id: str, request: _Request, out_dir: Path,
+                      started: float) -> tuple[Path, dict]:
+        from ..volume.key_slice import choose_key_slice
+        from ..volume.session import VolumeSession
+        from .volumes import PERSON, VolumeLabelSession, VolumePoints, encoder_bytes, write_volume_label
+
+        if request.store_seg:
+            raise LabelRequestError("store_seg needs a DICOM image; this one is a volume file", 422)
+        encoder_key, encoder = self._volume_encoder(path)
+        volume = encoder.volume
+        if request.slice is not None and not 0 <= request.slice < volume.slice_count:
+            raise LabelRequestError(f"slice {request.slice} is outside the volume (0..{volume.slice_count - 1})")
+        grid = VolumePoints(volume)
+        voxels = []
+        for name, positive in (("foreground", True), ("background", False)):
+            for point in getattr(request, name):
+                try:
+                    voxels.append(((positive, *[int(round(v)) for v in point]), grid.to_voxel(point), positive))
+                except ValueError as error:
+                    raise LabelRequestError(f"{name}: {error}") from None
+
+        key = SessionKey(request.client_id, image_id, request.label)
+        held = None if request.reset else self.sessions.get(key)
+        held = held if isinstance(held, VolumeLabelSession) else None
+        if held is None and not request.prompt and not voxels:
+            raise LabelRequestError("nothing to do: give a prompt (the text request) or points")
+        encoded_before, seconds_before = len(encoder.encoded), encoder.encode_seconds
+        fresh = held is None
+        if fresh:
+            held = VolumeLabelSession(key, VolumeSession(self.tool, volume, encoder=encoder), request.prompt,
+                                      request.policy, request.max_turns)
+        before = held.session.mask()
+        status, key_choice = None, None
+
+        def agent_pass() -> str | None:
+            nonlocal key_choice
+            if not held.prompt:
+                return None
+            policy = self._policy(held.policy)
+            if held.key_slice is None:
+                if request.slice is not None:
+                    held.key_slice = request.slice
+                else:
+                    key_choice = choose_key_slice(encoder, policy, held.prompt, self.prompts)
+                    held.key_slice = key_choice.index
+            outcome = held.agent_pass(policy, self.prompts, held.key_slice)
+            if not outcome.completed:
+                raise LabelRequestError(f"the agent's run on slice {held.key_slice} ended with {outcome.value}", 500)
+            return outcome.value
+
+        def rebuild() -> None:
+            held.session = VolumeSession(self.tool, volume, encoder=encoder)
+            agent_pass()
+
+        held.requests += 1
+        if fresh:
+            status = agent_pass()
+        sent = [(point, index, held.session.click_at(index, row, column, positive))
+                for point, (index, row, column), positive in voxels]
+        clicked = held.person_points(sent, rebuild)
+        mask = held.session.mask()
+        self.sessions.put(key, held, held.nbytes)
+        self.volumes.put(encoder_key, encoder, encoder_bytes(encoder))
+
+        label_path = write_volume_label(volume, mask, out_dir)
+        changed = [int(i) for i in np.nonzero((mask != before).any(axis=(1, 2)))[0]]
+        clicks = [{"slice": index, "x": round(c.click.x, 4), "y": round(c.click.y, 4), "positive": c.click.positive,
+                   "author": c.author, "origin": PERSON if c.author == PERSON else "agent"}
+                  for index in held.session.reached for c in held.session.states[index].clicks]
+        result = {
+            "ibisagent": __version__, "model": "ibisagent", "label_names": {request.label: 1},
+            "label_choice": request.label_choice.to_dict(), "dimension": 3, "image_kind": "volume",
+            "session": {**asdict(key), "requests": held.requests, "slices": held.session.reached},
+            "key_slice": held.key_slice, "key_slice_choice": key_choice.record() if key_choice else None,
+            "encoded": len(encoder.encoded) > encoded_before, "encoded_slices": encoder.encoded[encoded_before:],
+            "encode_seconds": round(encoder.encode_seconds - seconds_before, 4),
+            "clicked_slices": clicked, "changed_slices": changed, "agent_status": status,
+            "algorithm_type": "SEMIAUTOMATIC" if held.person_clicked else "AUTOMATIC",
+            "mask_voxels": int(mask.sum()), "clicks": clicks,
+            "trajectory": held.events, "volume_session": held.session.trajectory(),
+        }
+        if request.turns_after_user:
+            result["note"] = "agent_turns_after_user applies to 2D images; in a volume the person has the last word"
         result["latency_ms"] = round(1000 * (time.perf_counter() - started), 2)
         return label_path, result
 
