@@ -29,10 +29,6 @@ MR_RULES = '{"selections": [{"name": "MR", "conditions": {"Modality": "(?i)^MR$"
 TARGETS = "targets:\n  - label: brain\n    query: Segment the brain.\n  - label: skull\n    query: Segment the skull.\n"
 
 
-def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix == ".dcm")
-
-
 @pytest.fixture(scope="module")
 def dciodvfy() -> str:
     tool = shutil.which("dciodvfy")
@@ -214,15 +210,31 @@ def test_a_read_only_output_folder_is_refused_before_any_model_runs(study, tmp_p
         assert list(out.iterdir()) == []
 
 
-def test_cli_reports_a_bad_study_in_one_line_and_exits_non_zero(study, tmp_path):
-    rules = tmp_path / "rules.json"
-    rules.write_text(MR_RULES)
+BAD_INPUT = {  # case: (extra arguments, what the one error line says)
+    "no matching series": (["--rules", "{tmp}/rules.json"],
+                           "no series in the input matches the rules in rules.json; the input holds: "),
+    "the agent fails": (["--rules", "{tmp}/rules.json", "--policy", "scripted", "--responses", "{tmp}/garbage.txt"],
+                        "target 'brain': the agent's run ended with invalid_output"),
+    "read-only output": ([], "cannot write to the output folder "),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_the_application_reports_bad_input_in_one_line_exits_non_zero_and_writes_nothing(study, tmp_path, case):
+    """What a gateway sees: `python -m ibisagent.deploy` (the MAP's command) on each bad input of the issue."""
+    arguments, message = BAD_INPUT[case]
+    (tmp_path / "rules.json").write_text(MR_RULES if case == "no matching series" else HEAD_RULES)
+    (tmp_path / "garbage.txt").write_text("I would rather not.\n" * 10)
+    (tmp_path / "targets.yaml").write_text(TARGETS)
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "ibisagent.deploy", "-i", str(study), "-o", str(out), "--rules",
-                          str(rules)], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 2, run.stderr[-2000:]
-    assert "ibis: error: no series in the input matches the rules in rules.json; the input holds:" in run.stderr
-    assert _dicom_files(out) == [] and not any(out.iterdir())
+    command = [sys.executable, "-m", "ibisagent.deploy", "-i", str(study), "-o", str(out), "--targets",
+               str(tmp_path / "targets.yaml"), *(a.format(tmp=tmp_path) for a in arguments)]
+    with read_only(out) if case == "read-only output" else contextlib.nullcontext():
+        run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        assert run.returncode == 2, run.stderr[-2000:]
+        errors = [line for line in run.stderr.splitlines() if line.startswith("ibis: error: ")]
+        assert len(errors) == 1 and errors[0].startswith(f"ibis: error: {message}"), run.stderr[-2000:]
+        assert not any(out.rglob("*"))  # no DICOM, no side-car, no staging folder left behind
 
 
 def test_bad_targets_and_rules_files_are_named(tmp_path):

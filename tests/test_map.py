@@ -1,4 +1,4 @@
-"""The MAP image (scripts/package_map.py): its layout and manifests, and a run equal to the in-process one.
+"""The MAP image (scripts/package_map.py): its layout, manifests and layers, and a run equal to the in-process one.
 
 Runs whenever docker answers and the image is built (`python scripts/package_map.py`); building it
 takes longer than CI allows (docs/deploy.md, docs/results.md), so the test never builds it itself.
@@ -7,8 +7,10 @@ takes longer than CI allows (docs/deploy.md, docs/results.md), so the test never
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +19,11 @@ import pytest
 
 from conftest import SHARED_DATA
 
-from test_deploy import HEAD_RULES, TARGETS, dciodvfy_errors
+from test_deploy import HEAD_RULES, MR_RULES, TARGETS, dciodvfy_errors
 
+REPO = Path(__file__).resolve().parents[1]
 IMAGE = "ibisagent-map:0.1.0"
+GRAPH_KINDS = ["lite-medsam", "lite-policy", "query-encoder"]  # every model the default run uses
 
 
 def docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -32,8 +36,16 @@ def image() -> str:
         pytest.skip("docker is not installed (docs/deploy.md)")
     if docker("version", "--format", "{{.Server.Version}}", timeout=30).returncode != 0:
         pytest.skip("no docker daemon answers (start dockerd as docs/deploy.md says)")
-    if docker("image", "inspect", IMAGE, timeout=30).returncode != 0:
+    inspect = docker("image", "inspect", IMAGE, timeout=30)
+    if inspect.returncode != 0:
         pytest.skip(f"the MAP image {IMAGE} is not built (python scripts/package_map.py)")
+    sys.path.insert(0, str(REPO / "scripts"))
+    from package_map import source_digest
+
+    labels = json.loads(inspect.stdout)[0]["Config"].get("Labels") or {}
+    if labels.get("ibisagent.source") != source_digest():
+        pytest.skip(f"the MAP image {IMAGE} was built from other code than this checkout's "
+                    "(rebuild: python scripts/package_map.py)")
     return IMAGE
 
 
@@ -43,26 +55,46 @@ def in_image(image: str, *command: str) -> str:
     return run.stdout
 
 
-def test_the_image_has_the_map_layout_and_manifests(image):
+def test_the_image_has_the_map_layout_manifests_and_no_torch(image):
     # one container for every look inside: with vfs each `docker run` copies the whole image
     paths = ["/opt/holoscan/app/app.yaml", "/opt/holoscan/app/targets.yaml", "/opt/holoscan/app/rules.json",
-             "/opt/holoscan/models/lite-medsam-onnx/encoder.onnx", "/opt/holoscan/models/lite-medsam-onnx/decoder.onnx",
-             "/var/holoscan/input", "/var/holoscan/output", "/etc/holoscan/app.json", "/etc/holoscan/pkg.json"]
+             "/opt/holoscan/app/lib/ibisagent/deploy/app.py", "/var/holoscan/input", "/var/holoscan/output",
+             "/var/holoscan/app.yaml",
+             "/etc/holoscan/app.json", "/etc/holoscan/pkg.json"]
     script = (f"ls -d {' '.join(paths)} && echo @@ && cat /etc/holoscan/app.json && echo @@ && "
-              "cat /etc/holoscan/pkg.json && echo @@ && /opt/holoscan/venv/bin/python -m pip list --format freeze")
-    listing, app_text, pkg_text, packages = in_image(image, "/bin/sh", "-c", script).split("@@")
+              "cat /etc/holoscan/pkg.json && echo @@ && /opt/holoscan/venv/bin/python -m pip list --format freeze "
+              "&& echo @@ && ls /opt/holoscan/models/graphs/*/*.onnx")
+    listing, app_text, pkg_text, packages, graphs = in_image(image, "/bin/sh", "-c", script).split("@@")
     assert len(listing.split()) == len(paths)
     app, pkg = json.loads(app_text), json.loads(pkg_text)
     assert app["environment"]["HOLOSCAN_INPUT_PATH"] == "/var/holoscan/input/"
     assert app["environment"]["HOLOSCAN_OUTPUT_PATH"] == "/var/holoscan/output/"
+    assert app["environment"]["IBISAGENT_CACHE"] == "/opt/holoscan/models"
     assert app["sdk"] == "monai-deploy" and app["version"] == "0.1.0"
     assert pkg["applicationRoot"] == "/opt/holoscan/app" and pkg["modelRoot"] == "/opt/holoscan/models/"
-    assert pkg["models"] == {"lite-medsam-onnx": "/opt/holoscan/models/lite-medsam-onnx"}
+    assert sorted(pkg["models"]) == GRAPH_KINDS
+    for kind, path in pkg["models"].items():  # each named entry holds its graphs
+        assert any(line.startswith(f"{path}/") for line in graphs.split()), (kind, graphs)
     config = json.loads(docker("image", "inspect", image).stdout)[0]["Config"]
-    assert config["Entrypoint"][:3] == ["/opt/holoscan/venv/bin/python", "-m", "ibisagent.deploy"]
-    names = {line.split("==")[0].lower() for line in packages.split()}  # no CUDA torch, no torchvision
-    assert "onnxruntime" in names and "torchvision" not in names
+    assert config["Entrypoint"] == ["/opt/holoscan/venv/bin/python", "-m", "ibisagent.deploy"]
+    assert json.loads(app["command"]) == config["Entrypoint"]
+    names = {line.split("==")[0].lower() for line in packages.split()}
+    assert {"onnxruntime", "monai-deploy-app-sdk", "holoscan-cu13", "highdicom"} <= names
+    assert not names & {"torch", "torchvision", "sentence-transformers", "transformers", "monai", "cupy-cuda13x"}
     assert not any(name.startswith(("nvidia-cudnn", "nvidia-cublas")) for name in names)
+
+
+def test_the_application_is_the_last_and_a_small_layer(image):
+    """A code change rebuilds only the last layer: the application's, a few MB (map/Dockerfile)."""
+    history = docker("history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}",
+                     image).stdout.splitlines()
+    copies = [(int(size), made) for size, made in (line.split("\t", 1) for line in history) if " COPY " in made]
+    assert len(copies) == 3, history  # newest first: the application, the graphs, the venv
+    (app_size, app_made), (models_size, models_made), (venv_size, venv_made) = copies
+    assert app_made.rstrip().endswith(" in /") and app_size < 50e6, copies
+    assert models_made.rstrip().endswith(" in /opt/holoscan/models") and venv_made.rstrip().endswith(
+        " in /opt/holoscan/venv"), copies
+    assert venv_size > models_size > app_size
 
 
 def _report_values(sr_path: Path) -> list[dict]:
@@ -78,41 +110,94 @@ def _report_values(sr_path: Path) -> list[dict]:
     return values
 
 
-def test_the_map_run_equals_the_in_process_run(image, tmp_path):
-    """The same study, rules and targets, in the container (network off) and in this process with the
-    image's own graphs: the same masks, volumes and texts; both outputs pass dciodvfy."""
+def _segments(seg: pydicom.Dataset) -> list[tuple]:
+    """Each segment's label, codes, colour, algorithm type and parameters (the weights' sha256)."""
+    return [(item.SegmentLabel, item.SegmentedPropertyCategoryCodeSequence[0].CodeValue,
+             item.SegmentedPropertyTypeCodeSequence[0].CodeValue, tuple(item.RecommendedDisplayCIELabValue),
+             item.SegmentAlgorithmType, item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
+            for item in seg.SegmentSequence]
+
+
+def _frames(seg: pydicom.Dataset) -> list[tuple]:
+    """Each frame's segment and source instance."""
+    return [(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber,
+             frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+            for frame in seg.PerFrameFunctionalGroupsSequence]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """A study folder with two real CT series, the rules picking the head CT, two targets."""
     sources = {"ct3": SHARED_DATA / "dicom/dcmqi-ct-3slice", "head": SHARED_DATA / "dicom/philips-head-ct"}
     if not all(path.is_dir() for path in sources.values()):
         pytest.skip("real DICOM series absent (../shared/data is provided beside the repo)")
-    study, site = tmp_path / "study", tmp_path / "site"
+    root = tmp_path_factory.mktemp("map")
     for name, source in sources.items():
-        shutil.copytree(source, study / name)
-    site.mkdir()
-    (site / "rules.json").write_text(HEAD_RULES)
-    (site / "targets.yaml").write_text(TARGETS)
-    out = tmp_path / "map_out"
-    out.mkdir()
-    run = docker("run", "--rm", "--network", "none", "-v", f"{study}:/var/holoscan/input:ro",
-                 "-v", f"{out}:/var/holoscan/output", "-v", f"{site}:/site:ro", image,
-                 "--targets", "/site/targets.yaml", "--rules", "/site/rules.json", timeout=900)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    graphs = tmp_path / "graphs"
-    assert docker("create", "--name", f"ibis-map-graphs-{tmp_path.name}", image).returncode == 0
-    try:
-        assert docker("cp", f"ibis-map-graphs-{tmp_path.name}:/opt/holoscan/models/lite-medsam-onnx",
-                      str(graphs)).returncode == 0
-    finally:
-        docker("rm", f"ibis-map-graphs-{tmp_path.name}")
-    local = tmp_path / "local_out"
-    from ibisagent.cli import main
+        shutil.copytree(source, root / "study" / name)
+    (root / "site").mkdir()
+    (root / "site/rules.json").write_text(HEAD_RULES)
+    (root / "site/mr_rules.json").write_text(MR_RULES)
+    (root / "site/targets.yaml").write_text(TARGETS)
+    return root
 
-    assert main(["deploy", "-i", str(study), "-o", str(local), "--targets", str(site / "targets.yaml"),
-                 "--rules", str(site / "rules.json"), "--tool", f"onnx:{graphs}"]) == 0
+
+def run_map(image: str, site: Path, out: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """The MAP as a gateway runs it: network off, the study read-only, site files mounted."""
+    out.mkdir()
+    return docker("run", "--rm", "--network", "none", "--ulimit", "stack=33554432",
+                  "-v", f"{site / 'study'}:/var/holoscan/input:ro", "-v", f"{out}:/var/holoscan/output",
+                  "-v", f"{site / 'site'}:/site:ro", image, "--targets", "/site/targets.yaml", *arguments,
+                  timeout=1200)
+
+
+def test_the_map_run_equals_the_in_process_run(image, site, tmp_path):
+    """The same study, rules and targets in the container (no torch, network off) and in this host's venv with
+    the image's own graphs: the same masks pixel for pixel, the same segments, codes, weights' hashes, frame
+    references, volumes and texts; both outputs pass dciodvfy."""
+    out = tmp_path / "map_out"
+    run = run_map(image, site, out, "--rules", "/site/rules.json")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    cache = tmp_path / "cache"
+    container = f"ibis-map-graphs-{os.getpid()}"
+    assert docker("create", "--name", container, image).returncode == 0
+    try:
+        assert docker("cp", f"{container}:/opt/holoscan/models", str(cache)).returncode == 0
+    finally:
+        docker("rm", container)
+    entries = sorted(p.name for p in (cache / "graphs").iterdir() if p.is_dir())
+    local = tmp_path / "local_out"
+    host = subprocess.run([sys.executable, "-m", "ibisagent.deploy", "-i", str(site / "study"), "-o", str(local),
+                           "--targets", str(site / "site/targets.yaml"), "--rules", str(site / "site/rules.json")],
+                          capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "IBISAGENT_CACHE": str(cache)})
+    assert host.returncode == 0, host.stderr[-3000:]
+    assert sorted(p.name for p in (cache / "graphs").iterdir() if p.is_dir()) == entries  # it ran the image's graphs
     dciodvfy = shutil.which("dciodvfy")
     for folder in (out, local):
         assert sorted(p.name for p in folder.iterdir()) == ["run.json", "seg.dcm", "sr.dcm"]
         if dciodvfy:
             assert dciodvfy_errors(dciodvfy, folder / "seg.dcm") == []
             assert dciodvfy_errors(dciodvfy, folder / "sr.dcm") == []
-    assert np.array_equal(pydicom.dcmread(out / "seg.dcm").pixel_array, pydicom.dcmread(local / "seg.dcm").pixel_array)
+    map_seg, local_seg = pydicom.dcmread(out / "seg.dcm"), pydicom.dcmread(local / "seg.dcm")
+    assert np.array_equal(map_seg.pixel_array, local_seg.pixel_array)
+    assert _segments(map_seg) == _segments(local_seg)
+    assert _frames(map_seg) == _frames(local_seg)
     assert _report_values(out / "sr.dcm") == _report_values(local / "sr.dcm")
+    map_run, local_run = (json.loads((folder / "run.json").read_text()) for folder in (out, local))
+    assert _turns(map_run) == _turns(local_run)
+
+
+def _turns(run: dict) -> list[list[dict]]:
+    """Every turn of every target, without its timings."""
+    return [[{k: v for k, v in turn.items() if not k.endswith("_seconds")} for turn in target["turns"]]
+            for target in run["targets"]]
+
+
+def test_the_map_on_a_study_without_a_matching_series_exits_non_zero_and_writes_nothing(image, site, tmp_path):
+    out = tmp_path / "out"
+    run = run_map(image, site, out, "--rules", "/site/mr_rules.json")
+    assert run.returncode == 2, (run.stdout + run.stderr)[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("ibis: error: ")]
+    assert errors == [line for line in errors if "no series in the input matches the rules in mr_rules.json" in line]
+    assert len(errors) == 1, run.stderr[-3000:]
+    assert not any(out.rglob("*"))

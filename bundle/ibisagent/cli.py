@@ -199,7 +199,7 @@ def _deploy(args: argparse.Namespace) -> int:
     check_folders(input_dir, output_dir)
     prompts = load_prompts(args.prompts)
     policy = build_policy(args.policy, **_policy_options(args, None))
-    tool = build_tool(tool_config)
+    tool = build_tool(tool_config, args.backend)
     rules_name = f"the rules in {Path(args.rules).name}" if args.rules else "the default rules (rules.json)"
     written = run_deploy(input_dir, output_dir, targets, rules, tool, policy, prompts=prompts,
                          max_turns=args.max_turns, rules_name=rules_name,

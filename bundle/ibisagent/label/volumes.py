@@ -68,8 +68,11 @@ class VolumePoints:
         source = volume.source
         slices, rows, columns = volume.shape
         if isinstance(source, NiftiSource):
-            # file axis a -> canonical (RAS+) axis ornt[a, 0], flipped when ornt[a, 1] < 0; Volume = canonical (z, y, x)
-            self._orientation = np.asarray(source.orientation, int)
+            import nibabel as nib
+
+            # file axis a -> canonical (RAS+) axis ornt[a, 0], flipped when ornt[a, 1] < 0 (as the reader reordered
+            # them); the Volume is the canonical voxels as (z, y, x)
+            self._orientation = nib.orientations.io_orientation(np.asarray(source.image.affine)).astype(int)
             canonical = (columns, rows, slices)
             self.grid = tuple(canonical[axis] for axis, _ in self._orientation)
         elif isinstance(source, NpzSource):

@@ -6,7 +6,7 @@ is the one whose first mask the tool rates best (its predicted IoU, times
 the mask's share of the largest first mask: a structure is best seen where
 it is large). A first answer of Terminate counts as "not on this slice".
 Works for every policy (no policy-specific confidence is needed); measured
-against the largest-reference slice in docs/volumes.md.
+against the largest-reference slice by `ibis evaluate-volumes` (docs/results.md).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ PromptKind = Literal["box", "box+mask", "click+mask", "box+click+mask"]
 
 @dataclass(frozen=True)
 class PropagationSettings:
-    """How neighbours prompt each other and when propagation stops (chosen on train/val volumes: docs/volumes.md)."""
+    """How neighbours prompt each other and when propagation stops (how the defaults were chosen: docs/volumes.md)."""
 
     prompt: PromptKind = "box+mask"
     min_predicted_iou: float = 0.5  # stop where the tool's own IoU estimate falls below this
