@@ -69,3 +69,12 @@ def put_label(url: str, image: str, label: bytes, filename: str, tag: str = "fin
     request = urllib.request.Request(f"{url}/datastore/label?{query}", data=body, method="PUT",
                                      headers={"Content-Type": content_type})
     return _send(request, timeout)
+
+
+def put_image(url: str, image: str, data: bytes, filename: str, timeout: float = 60) -> Answer:
+    """Upload an image to MONAI Label's datastore (`image` empty: the id comes from the file name)."""
+    query = f"?{urllib.parse.urlencode({'image': image})}" if image else ""
+    body, content_type = _multipart({"params": "{}"}, {"file": (filename, data)})
+    request = urllib.request.Request(f"{url}/datastore/{query}", data=body, method="PUT",
+                                     headers={"Content-Type": content_type})
+    return _send(request, timeout)

@@ -5,7 +5,10 @@ This module runs inside the MONAI Label process, in its own environment
 never the agent. The `ibisagent` infer task forwards each request to the
 agent's worker process (`label/worker.py`, the agent's environment), turns
 its refusals into HTTP answers, and stores the SEG it wrote back to the PACS
-when the datastore is DICOMweb.
+when the datastore is DICOMweb. A local studies folder is MONAI Label's own
+datastore, except that image ids and label tags naming a path are refused:
+MONAI Label joins them to the folder as given, so an upload could be written
+anywhere the server may write.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from fastapi import HTTPException
+from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from .worker import AgentWorker, WorkerError
 
-__all__ = ["AGENT_PYTHON_VARIABLE", "IbisAgentApp", "IbisAgentInfer"]
+__all__ = ["AGENT_PYTHON_VARIABLE", "ConfinedDatastore", "IbisAgentApp", "IbisAgentInfer"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,35 @@ TASK_NAME = "ibisagent"
 _FORWARDED = ("foreground", "background", "slice", "client_id", "reset_state", "prompt", "label", "policy",
               "max_turns", "agent_turns_after_user", "store_seg")
 _IMAGE_ID = re.compile(r"^[\w][\w.\-]{0,254}$")
+
+
+def _plain_name(what: str, name: str) -> None:
+    """Refuse an id or tag that is not one plain file name (no separators, not hidden, not '..')."""
+    if not isinstance(name, str) or not _IMAGE_ID.match(name):
+        raise HTTPException(status_code=400, detail=f"{what} may hold letters, digits, '_', '-' and '.' (not first), "
+                                                    f"at most 255: {str(name)[:100]!r}")
+
+
+class ConfinedDatastore(LocalDatastore):
+    """MONAI Label's local datastore whose uploads stay in the studies folder."""
+
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        _plain_name("image id", image_id or self._to_id(os.path.basename(image_filename))[0])
+        return super().add_image(image_id, image_filename, image_info)
+
+    def remove_image(self, image_id: str) -> None:
+        _plain_name("image id", image_id)
+        super().remove_image(image_id)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        _plain_name("image id", image_id)
+        _plain_name("label tag", label_tag)
+        return super().save_label(image_id, label_filename, label_tag, label_info)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        _plain_name("label id", label_id)
+        _plain_name("label tag", label_tag)
+        super().remove_label(label_id, label_tag)
 
 
 class IbisAgentInfer(InferTask):
@@ -89,6 +122,16 @@ class IbisAgentApp(MONAILabelApp):
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="ibisagent",
                          description="IBISAgent: agentic segmentation from a text request, with your clicks",
                          version=self.agent["version"], labels=self.agent["labels"])
+
+    def init_datastore(self):
+        """A local studies folder: MONAI Label's datastore, confined to it (`ConfinedDatastore`)."""
+        from monailabel.config import settings
+
+        if self._dicomweb:
+            return super().init_datastore()
+        return ConfinedDatastore(self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                 auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                 read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
     def init_remote_datastore(self):
         """MONAI Label's DICOMweb datastore, series kept as DICOM (our SEG references the instances)."""

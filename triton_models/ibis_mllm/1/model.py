@@ -17,6 +17,11 @@ import triton_python_backend_utils as pb_utils
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+# Request bounds: the agent sends a few thousand characters and one image a turn (20 with --history).
+MAX_PROMPT_CHARS = 200_000
+MAX_IMAGES = 32
+MAX_IMAGE_BYTES = 32 << 20
+MAX_NEW_TOKENS = 4096
 
 def _setting(config, key, variable, default=""):
     """An environment variable, else the config parameter, else the default."""
@@ -47,7 +52,10 @@ class TritonPythonModel:
         raw = _input(request, "sampling_parameters")
         parameters = json.loads(raw.reshape(-1)[0]) if raw is not None else {}
         temperature = float(parameters.get("temperature", 1.0))
-        options = {"max_new_tokens": int(parameters.get("max_tokens", 16)), "do_sample": temperature > 0}
+        max_tokens = int(parameters.get("max_tokens", 16))
+        if not 1 <= max_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_tokens must be in 1..{MAX_NEW_TOKENS}, got {max_tokens}")
+        options = {"max_new_tokens": max_tokens, "do_sample": temperature > 0}
         if temperature > 0:
             options["temperature"] = temperature
             for key in ("top_p", "top_k"):
@@ -60,8 +68,13 @@ class TritonPythonModel:
     def _answer(self, request):
         prompt = _input(request, "text_input").reshape(-1)[0].decode("utf-8")
         encoded = _input(request, "image")
-        images = [Image.open(io.BytesIO(base64.b64decode(item))).convert("RGB")
-                  for item in (encoded.reshape(-1) if encoded is not None else [])]
+        encoded = encoded.reshape(-1) if encoded is not None else []
+        if len(prompt) > MAX_PROMPT_CHARS or len(encoded) > MAX_IMAGES:
+            raise ValueError(f"at most {MAX_PROMPT_CHARS} prompt characters and {MAX_IMAGES} images per request "
+                             f"(got {len(prompt)} and {len(encoded)})")
+        if any(len(item) > MAX_IMAGE_BYTES for item in encoded):
+            raise ValueError(f"an image of more than {MAX_IMAGE_BYTES} bytes (base64)")
+        images = [Image.open(io.BytesIO(base64.b64decode(item))).convert("RGB") for item in encoded]
         inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt").to(self.model.device)
         with torch.inference_mode():
             output = self.model.generate(**inputs, **self._generation(request))

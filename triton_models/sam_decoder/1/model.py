@@ -20,6 +20,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 NOT_RESIDENT = "embedding not resident"
+MAX_KEY_BYTES = 64  # clients send 32 hex digits; a longer key would be kept (and held in memory) as sent
 
 
 def _parameter(config, key, default=""):
@@ -54,12 +55,15 @@ class TritonPythonModel:
         self.session = ort_session(self.config, version_dir)
         self.box_session = ort_session(self.config, version_dir, "box_onnx_model", required=False)
         self.capacity = int(_parameter(self.config, "resident_embeddings", "64"))
+        self.max_points = int(_parameter(self.config, "max_points", "256"))
         self.resident = OrderedDict()
 
     def _embedding(self, request):
         """(1, C, h, w): the request's own embedding (kept when keyed), else the resident one."""
         keys = _input(request, "image_key")
         key = bytes(keys.reshape(-1)[0]) if keys is not None else b""
+        if len(key) > MAX_KEY_BYTES:
+            raise ValueError(f"image_key is {len(key)} bytes; at most {MAX_KEY_BYTES} are accepted")
         embedding = _input(request, "image_embedding")
         if embedding is not None:
             embedding = np.ascontiguousarray(embedding, dtype=np.float32)
@@ -83,6 +87,9 @@ class TritonPythonModel:
         if coords is None:  # a store-only request
             return np.zeros((1, 0, side, side), np.float32), np.zeros((1, 0), np.float32)
         labels = _input(request, "point_labels")
+        if coords.shape[-2] > self.max_points or labels is None or labels.shape[-1] != coords.shape[-2]:
+            raise ValueError(f"send point_labels for each of at most {self.max_points} points "
+                             f"(got {coords.shape[-2]} points, labels {None if labels is None else labels.shape})")
         mask_input = _input(request, "mask_input")
         has_mask = _input(request, "has_mask_input")
         box_only = labels is not None and not np.isin(labels, (0.0, 1.0)).any()  # no negative/positive click

@@ -75,6 +75,8 @@ class TritonPythonModel:
                 embeddings = np.concatenate([self.session.run(None, {"image": image[None]})[0] for image in images])
                 key_tensor = pb_utils.get_input_tensor_by_name(request, "image_key")
                 keys = key_tensor.as_numpy().reshape(-1) if key_tensor is not None else [b""] * len(images)
+                if any(len(key) > 64 for key in keys):
+                    raise ValueError("image_key: at most 64 bytes are accepted")
                 for key, embedding in zip(keys, embeddings):
                     if key:
                         self._store(key, embedding)
