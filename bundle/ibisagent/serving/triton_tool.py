@@ -23,9 +23,15 @@ from ..imaging.transform import ImageTransform
 from ..tools.base import PromptArrays, SegmentationTool
 from .grpc_client import ServerError, TritonCaller
 
-__all__ = ["TritonSamTool", "ServerEmbedding", "NOT_RESIDENT"]
+__all__ = ["TritonSamTool", "ServerEmbedding", "NOT_RESIDENT", "embedding_key"]
 
 NOT_RESIDENT = "embedding not resident"  # the sam_decoder model's error for a key it does not hold
+
+
+def embedding_key(model_input: np.ndarray) -> str:
+    """The key an embedding is kept under on the server: its model input's content (same image, same key)."""
+    digest = hashlib.sha256(np.asarray(model_input.shape, np.int64).tobytes() + model_input.tobytes())
+    return digest.hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,7 @@ class TritonSamTool(SegmentationTool):
         model_input = np.ascontiguousarray(model_input, np.float32)
         if not self.resident:
             return self.caller.infer(self.encoder_model, {"image": model_input}, ["image_embedding"])["image_embedding"]
-        digest = hashlib.sha256(np.asarray(model_input.shape, np.int64).tobytes() + model_input.tobytes())
-        key = digest.hexdigest()[:32]
+        key = embedding_key(model_input)
         out = self.caller.infer(self.encoder_model,
                                 {"image": model_input, "image_key": np.array([[key.encode()]], dtype=np.object_)},
                                 ["embedding_key", "pooled_embedding"])

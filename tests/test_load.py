@@ -1,0 +1,54 @@
+"""Load, quick: concurrent sessions against a real Triton whose embedding cache is smaller than the image set.
+
+The long run (more sessions, minutes, the shipped cache size) is `ibis stress` (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient[grpc]) is not installed")
+
+from test_triton import copy_models, start_server, triton_install  # noqa: E402,F401
+
+from ibisagent.serving.repository import SAM_MODELS, prepare_repository  # noqa: E402
+from ibisagent.stress.load import run_load  # noqa: E402
+
+RESIDENT = 4  # embeddings the server keeps: fewer than the images, so sessions evict each other's
+
+
+@pytest.fixture(scope="module")
+def small_cache_server(tmp_path_factory, onnx_dir, triton_install):
+    repository = copy_models(SAM_MODELS, tmp_path_factory.mktemp("load") / "triton_models")
+    config = repository / "sam_decoder" / "config.pbtxt"
+    text = config.read_text()
+    assert 'key: "resident_embeddings" value: { string_value: "64" }' in text
+    config.write_text(text.replace('{ string_value: "64" }', f'{{ string_value: "{RESIDENT}" }}'))
+    assert prepare_repository(repository, f"onnx:{onnx_dir}")
+    server = start_server(repository, triton_install)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def load_pairs(real_pairs):
+    from ibisagent.imaging.io import read_image, read_mask
+
+    pairs = []
+    for pair in real_pairs[::2][:2 * RESIDENT]:  # one image per source, twice the cache
+        image = read_image(pair.image).rgb
+        pairs.append((f"{pair.source}/{pair.image.name}", image, read_mask(pair.mask, image.shape[:2])))
+    return pairs
+
+
+def test_concurrent_sessions_get_their_solo_masks_and_memory_stays_bounded(small_cache_server, load_pairs):
+    sessions = RESIDENT - 1  # each session holds one image at a time: all fit, stale ones are evicted
+    report = run_load(small_cache_server.grpc_url, load_pairs, sessions, seconds=30,
+                      server_pid=small_cache_server.process.pid)
+    print(f"\n{report.runs} runs, {report.requests} requests, latency {report.latency_ms} ms, "
+          f"server memory {report.server_rss_mb} MB")
+    assert report.errors == [] and report.mismatches == []
+    assert report.runs >= sessions and len(load_pairs) > RESIDENT
+    assert report.resident_after == RESIDENT  # the cache evicted the least recently used, as documented
+    rss = report.server_rss_mb
+    assert rss["max"] - rss["after_solo_runs"] < 256, rss  # nothing piles up: the LRU holds 4 x 4 MiB
