@@ -610,6 +610,31 @@ def _label_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stress(args: argparse.Namespace) -> int:
+    """The long reliability run, section by section into --results (resumable); its figures into --out."""
+    from .outputs import check_output_dir, check_output_file
+    from .stress.report import write_figures
+    from .stress.run import SECTIONS, StressSettings, run_stress
+
+    unknown = sorted(set(args.section or []) - set(SECTIONS))
+    if unknown:
+        raise CommandError(f"unknown section {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    check_output_file(args.out)
+    results = check_output_dir(args.results)
+    settings = StressSettings(
+        seed=args.seed, protocol_examples=args.protocol_examples, dicom_cases=args.dicom_cases,
+        load_sessions=args.load_sessions, load_seconds=args.load_seconds, load_images=args.load_images,
+        kill_trials=args.kill_trials, repository=Path(args.repository), shared_data=Path(args.shared_data),
+        server_env=Path(args.server_env) if args.server_env else None,
+        label_env=Path(args.label_env) if args.label_env else None,
+        sections=tuple(args.section or SECTIONS))
+    command = " ".join(["ibis", *sys.argv[1:]])  # recorded with each section's figures
+    run_stress(settings, results, command, again=args.again, progress=lambda line: print(line, flush=True))
+    write_figures(Path(args.out), results)
+    print(f"figures -> {args.out} (from {results})")
+    return 0
+
+
 def _add_input_options(parser: argparse.ArgumentParser, slice_help: str) -> None:
     """What `segment` and `segment-dicom` share: the query, the output and how the slice is shown."""
     parser.add_argument("--query", required=True)
@@ -814,6 +839,27 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("--setup", action="store_true", help="create MONAI Label's environment and the app folder")
     label.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for readiness")
     label.set_defaults(handler=_label_serve)
+
+    stress = commands.add_parser("stress", help="the long fuzzing, load, fault and security run; figures into "
+                                 "docs/reliability.md")
+    stress.add_argument("--out", default="docs/reliability.md", help="the page whose figures block is rewritten")
+    stress.add_argument("--results", default="runs/stress", help="one JSON file per section; a section whose "
+                        "file is there is not run again (a stopped run resumes)")
+    stress.add_argument("--again", action="store_true", help="run the sections asked for even when done")
+    stress.add_argument("--section", action="append", help="run only these sections (repeat): protocol, dicom, "
+                        "load, signals, kills, training, disk, sessions, security")
+    stress.add_argument("--seed", type=int, default=22)
+    stress.add_argument("--protocol-examples", type=int, default=2000, help="generated inputs per property")
+    stress.add_argument("--dicom-cases", type=int, default=2000, help="mutated DICOM inputs")
+    stress.add_argument("--load-sessions", type=int, default=8)
+    stress.add_argument("--load-seconds", type=float, default=180.0)
+    stress.add_argument("--load-images", type=int, default=80, help="real test images the sessions go round")
+    stress.add_argument("--kill-trials", type=int, default=30, help="SIGKILLs per kind of output")
+    stress.add_argument("--repository", default="triton_models", help="the model repository to copy")
+    stress.add_argument("--shared-data", default="../shared/data")
+    stress.add_argument("--server-env", help="Triton's environment (default $IBIS_TRITON_ENV or .venv-triton)")
+    stress.add_argument("--label-env", help="MONAI Label's environment (default $IBIS_LABEL_ENV or .venv-label)")
+    stress.set_defaults(handler=_stress)
 
     lite = commands.add_parser("train-lite", help="train the IBIS-lite policy (SFT, then GRPO)")
     lite.add_argument("--config", default="configs/train_lite.yaml")

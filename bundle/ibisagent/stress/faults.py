@@ -25,8 +25,8 @@ from ..serving.lifetime import child_dies_with_parent
 from .processes import group_members, read_line_until, wait_for_child, wait_gone
 from .writers import check_output
 
-__all__ = ["FullDiskTrial", "KillTrial", "SERVERS", "SessionTrial", "SignalTrial",
-           "frozen_server_mid_session", "full_disk_trials", "kill_while_writing",
+__all__ = ["FullDiskTrial", "KillTrial", "SERVERS", "SessionTrial", "SignalTrial", "TrainingTrial",
+           "frozen_server_mid_session", "full_disk_trials", "kill_while_writing", "killed_training_resumes",
            "label_serve_command", "restarted_server_mid_session", "serve_command", "serve_signal_trial", "small_disk"]
 
 # Triton gets 10 s for in-flight requests (TritonServer.exit_timeout), MONAI Label 20 s, then the group is killed.
@@ -285,3 +285,62 @@ def frozen_server_mid_session(server, image, reference, timeout: float = 3.0) ->
                         f"{frozen.status.value}: {(frozen.error or '')[:120]}",
                         "the solo result" if same else "another result than solo", round(seconds, 2),
                         named and bounded and same)
+
+
+@dataclass(frozen=True)
+class TrainingTrial:
+    killed_after: str  # what the last complete checkpoint held when the trainer was killed
+    resumed_exit: int  # `--resume`'s exit status
+    epochs: tuple[int, ...]  # imitation epochs in the final summary, in order
+    iterations: tuple[int, ...]  # GRPO iterations in the final summary, in order
+    expected: tuple[int, int]  # (epochs, iterations) the config asks for
+
+    @property
+    def survived(self) -> bool:
+        epochs, iterations = self.expected
+        return (self.resumed_exit == 0 and self.epochs == tuple(range(1, epochs + 1))
+                and self.iterations == tuple(range(1, iterations + 1)))
+
+
+def killed_training_resumes(shared_data: Path, work: Path, rng: random.Random, repo: Path = Path("."),
+                            epochs: int = 3, iterations: int = 3) -> TrainingTrial:
+    """IBIS-lite trained by the bundle config (configs/train_lite.yaml, small settings), SIGKILLed at a random
+    moment after its first checkpoint, then run again with resume: it must finish from the last complete
+    checkpoint, every epoch and iteration in its record once."""
+    import json
+
+    import torch
+
+    manifest, queries = shared_data / "med2d" / "manifest.csv", shared_data / "med2d" / "queries.json"
+    trajectories, out, cache = work / "trajectories.jsonl", work / "run", work / "cache"
+    subprocess.run([sys.executable, "-m", "ibisagent.cli", "trajectories", "--manifest", str(manifest), "--split",
+                    "train", "--per-source", "1", "--limit", "6", "--max-steps", "3", "--queries", str(queries),
+                    "--out", str(trajectories), "--cache-dir", str(cache)], check=True, capture_output=True,
+                   timeout=1800)
+    overrides = {"manifest": manifest, "queries": queries, "lite_training#trajectories": f"['{trajectories}']",
+                 "lite_training#out_dir": out, "lite_training#cache_dir": cache, "lite_training#sft_epochs": epochs,
+                 "lite_training#sft_batch_size": 4, "lite_training#dagger_rounds": 0,
+                 "lite_training#grpo_iterations": iterations, "lite_training#grpo_batch_size": 2,
+                 "lite_training#grpo_group_size": 4, "lite_training#grpo_max_steps": 2,
+                 "lite_training#val_per_source": 1, "lite_training#val_max_turns": 2,
+                 "lite_training#validate_every": 1}
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(repo / "configs" / "train_lite.yaml"),
+               *[part for key, value in overrides.items() for part in (f"--{key}", str(value))]]
+    trainer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=repo,
+                               preexec_fn=child_dies_with_parent())
+    try:
+        deadline = time.monotonic() + 1800
+        while not (out / "last.pt").is_file() and trainer.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.0, 3.0))
+    finally:
+        trainer.kill()
+        trainer.wait()
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["state"]
+    killed_after = f"epoch {state['sft_epoch']}, iteration {state['grpo_iteration']}"
+    resumed = subprocess.run([*command, "--lite_training#resume", "True"], capture_output=True, text=True,
+                             timeout=3600, cwd=repo)
+    summary_path = out / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"history": [], "grpo_log": []}
+    return TrainingTrial(killed_after, resumed.returncode, tuple(h["epoch"] for h in summary["history"]),
+                         tuple(entry["iteration"] for entry in summary["grpo_log"]), (epochs, iterations))
