@@ -342,5 +342,6 @@ def killed_training_resumes(shared_data: Path, work: Path, rng: random.Random, r
                              timeout=3600, cwd=repo)
     summary_path = out / "training_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"history": [], "grpo_log": []}
-    return TrainingTrial(killed_after, resumed.returncode, tuple(h["epoch"] for h in summary["history"]),
+    epochs_done = tuple(entry["epoch"] for entry in summary["history"] if "epoch" in entry)  # GRPO's have none
+    return TrainingTrial(killed_after, resumed.returncode, epochs_done,
                          tuple(entry["iteration"] for entry in summary["grpo_log"]), (epochs, iterations))
