@@ -253,3 +253,26 @@ def test_bad_targets_and_rules_files_are_named(tmp_path):
         load_rules(rules)
     assert [t.label for t in load_targets()] == ["liver"]  # the packaged defaults read
     assert "selections" in load_rules()
+
+
+def test_a_report_on_a_seg_of_one_segment(tmp_path):
+    """highdicom puts a one-segment SEG's Segment Identification in the shared functional group, then cannot
+    reference that segment from an SR (an AttributeError): `ibis deploy` with its one default target failed so
+    (found by the canary run of tests/test_security.py)."""
+    import numpy as np
+
+    from ibisagent.dicom.series import read_series
+    from ibisagent.dicom.seg_writer import write_segmentation
+    from ibisagent.dicom.sr_writer import TargetFinding, build_report
+
+    source = SHARED_DATA / "dicom" / "dcmqi-ct-3slice"
+    if not source.is_dir():
+        pytest.skip(f"real DICOM absent: {source}")
+    series = read_series(source, slice_index=1)
+    mask = np.zeros((int(series.source.Rows), int(series.source.Columns)), bool)
+    mask[200:260, 220:300] = True
+    written = write_segmentation(tmp_path / "seg.dcm", series.source, mask, "liver")
+    seg = pydicom.dcmread(written.path)
+    assert "SegmentIdentificationSequence" in seg.SharedFunctionalGroupsSequence[0]  # the case highdicom misses
+    report = build_report(seg, list(series.datasets), [TargetFinding(1, "Segment the liver.", "t", "terminated", 1.5)])
+    assert str(seg.SOPInstanceUID) in str(report)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def _group(seg: Dataset, finding: TargetFinding, parameters: Mapping[str, str]):
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=str(item.TrackingUID) if "TrackingUID" in item else None,
                                                      identifier=f"{label} #{finding.segment_number}"[:64]),
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, finding.segment_number),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(_segments_per_frame(seg),
+                                                                     finding.segment_number),
         finding_type=finding_type, finding_category=category, algorithm_id=algorithm, measurements=[volume])
     container = group[0]
     for field in ("query", "reasoning", "status", "extent"):
@@ -95,6 +97,23 @@ def _group(seg: Dataset, finding: TargetFinding, parameters: Mapping[str, str]):
         if text:
             container.ContentSequence.append(hd.sr.TextContentItem(_concept(field), text, "CONTAINS"))
     return group
+
+
+def _segments_per_frame(seg: Dataset) -> Dataset:
+    """The SEG with each frame's Segment Identification in its own functional group.
+
+    highdicom writes it into the shared group when the SEG has one segment,
+    but its `ReferencedSegment.from_segmentation` reads it per frame only (an
+    AttributeError: `ibis deploy` with one target failed so).
+    """
+    shared = (seg.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+    if "SegmentIdentificationSequence" not in shared:
+        return seg
+    copy = deepcopy(seg)
+    for frame in copy.get("PerFrameFunctionalGroupsSequence") or []:
+        if "SegmentIdentificationSequence" not in frame:
+            frame.SegmentIdentificationSequence = deepcopy(shared.SegmentIdentificationSequence)
+    return copy
 
 
 def build_report(seg: Dataset, source_images: Sequence[Dataset], findings: Sequence[TargetFinding], *,
