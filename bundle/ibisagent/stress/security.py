@@ -28,10 +28,16 @@ def non_loopback_address() -> str | None:
     return None
 
 
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, an IPv6 socket bound to IPv4 loopback
+    return (mapped or address).is_loopback
+
+
 def exposed_addresses(pgid: int) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
     """(every listening address of the process group, those not on loopback)."""
     found = listening_addresses(group_members(pgid))
-    return found, {(ip, port) for ip, port in found if not ipaddress.ip_address(ip).is_loopback}
+    return found, {(ip, port) for ip, port in found if not _is_loopback(ip)}
 
 
 def reachable_from(address: str, port: int, timeout: float = 2.0) -> bool:
