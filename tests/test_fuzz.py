@@ -254,3 +254,62 @@ def test_damaged_uids_are_not_quoted_in_refusals(tmp_path):
     with pytest.raises(ValueError, match=r"SOPInstanceUID \(a value of 15 characters, not shown\) is not") as refused:
         read_series(tmp_path / "series", slice_index=0)
     assert "CANARY" not in str(refused.value)
+
+
+def test_an_unknown_vr_is_a_one_line_refusal(tmp_path):
+    """pydicom raised NotImplementedError ('Unknown Value Representation') through the readers and the writer."""
+    from pydicom.data import get_testdata_file
+
+    from ibisagent.dicom.series import read_series
+    from ibisagent.imaging.io import read_image
+
+    data = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    tag = b"\x20\x00\x0e\x00UI"  # SeriesInstanceUID, explicit VR little endian
+    assert data.count(tag) == 1
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "ct.dcm").write_bytes(data.replace(tag, b"\x20\x00\x0e\x00XX"))
+    with pytest.raises(ValueError, match="damaged DICOM header: Unknown Value Representation 'XX'"):
+        read_series(tmp_path / "in", slice_index=0)
+    try:
+        read_image(tmp_path / "in" / "ct.dcm")  # the image reader may not need that element
+    except ValueError as refused:
+        assert "\n" not in str(refused)
+
+
+@pytest.mark.parametrize("damage, refusal", [
+    (lambda ds: setattr(ds, "PixelSpacing", [0, 0]), "PixelSpacing .* is not two positive numbers"),
+    (lambda ds: delattr(ds, "SliceThickness"), "a Frame of Reference but no SliceThickness"),
+])
+def test_geometry_a_seg_cannot_carry_is_refused_by_the_writer(tmp_path, damage, refusal):
+    """A zero Pixel Spacing, or a Frame of Reference without Slice Thickness, was copied into a SEG dciodvfy
+    rejects (and highdicom cannot read back)."""
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ibisagent.dicom.seg_writer import SegWriteError, write_segmentation
+
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    damage(source)
+    mask = np.zeros((int(source.Rows), int(source.Columns)), bool)
+    mask[10:20, 10:20] = True
+    with pytest.raises(SegWriteError, match=refusal):
+        write_segmentation(tmp_path / "seg.dcm", source, mask, "liver")
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_an_invalid_patient_orientation_is_not_copied_into_the_seg(tmp_path):
+    """Without patient geometry the SEG copies PatientOrientation; an 'X' in it made the SEG invalid."""
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ibisagent.dicom.seg_writer import write_segmentation
+
+    source = pydicom.dcmread(get_testdata_file("SC_rgb_gdcm_KY.dcm"))
+    source.PatientOrientation = ["X", "Y"]
+    mask = np.zeros((int(source.Rows), int(source.Columns)), bool)
+    mask[10:40, 20:50] = True
+    written = write_segmentation(tmp_path / "seg.dcm", source, mask, "liver")
+    assert pydicom.dcmread(written.path).get("PatientOrientation") in (None, "", [])
+    assert _dciodvfy_errors(written.path) == []

@@ -115,23 +115,26 @@ def source_header(source: Dataset) -> tuple[Dataset, list[str]]:
     header = Dataset()
     repaired: list[str] = []
     with values_withheld():
-        for element in source:
-            if element.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-                continue
-            expected = _dictionary_vr(element)
-            if expected is not None:  # a damaged header: copied as it is, the SEG would be invalid
-                fixed = _with_vr(element, expected)
-                name = element.keyword or str(element.tag)
-                if fixed is None:
-                    repaired.append(f"{name} had VR {element.VR}, not {expected}, and no valid value: left out")
+        try:
+            for element in source:
+                if element.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
                     continue
-                repaired.append(f"{name} had VR {element.VR}, not {expected}: rewritten as {expected}")
-                element = fixed
-            if element.VR in ("DA", "TM", "DT") and not _valid_temporal(element):
-                header.add_new(element.tag, element.VR, None)
-                repaired.append(f"{element.keyword or element.tag} was not a valid {element.VR}: left empty")
-                continue
-            header.add(element)
+                expected = _dictionary_vr(element)
+                if expected is not None:  # a damaged header: copied as it is, the SEG would be invalid
+                    fixed = _with_vr(element, expected)
+                    name = element.keyword or str(element.tag)
+                    if fixed is None:
+                        repaired.append(f"{name} had VR {element.VR}, not {expected}, and no valid value: left out")
+                        continue
+                    repaired.append(f"{name} had VR {element.VR}, not {expected}: rewritten as {expected}")
+                    element = fixed
+                if element.VR in ("DA", "TM", "DT") and not _valid_temporal(element):
+                    header.add_new(element.tag, element.VR, None)
+                    repaired.append(f"{element.keyword or element.tag} was not a valid {element.VR}: left empty")
+                    continue
+                header.add(element)
+        except NotImplementedError as error:  # pydicom meets a VR it does not know when it reads the value
+            raise DerivedObjectError(f"damaged DICOM header in the source: {error}") from None
     header.file_meta = FileMetaDataset(getattr(source, "file_meta", FileMetaDataset()))
     charset = source.get("SpecificCharacterSet")
     if "SpecificCharacterSet" in header and (charset is None or charset == "" or charset == []):

@@ -28,7 +28,7 @@ from .. import __version__
 from .codes import SegmentCode, code_for_label
 from .derived import TYPE2, build_without_phi, source_header, staged_file
 from .pixels import DicomPixelError, frame_count
-from .withheld import values_withheld
+from .withheld import shown_value, values_withheld
 
 if TYPE_CHECKING:
     from highdicom.seg import Segmentation, SegmentDescription
@@ -222,6 +222,7 @@ def write_segments(out_path: str | Path, sources: Sequence[Dataset], segments: S
         header, repaired = source_header(source)
         for note in repaired:
             log.info("source header repaired for the SEG: %s", note)
+        _check_measures(header)
         headers.append(header)
     descriptions = [_description(i + 1, name, code, segment.human_clicked, algorithm_parameters, segment.colour)
                     for i, (name, code, segment) in enumerate(zip(names, codes_used, segments, strict=True))]
@@ -250,7 +251,7 @@ def write_segments(out_path: str | Path, sources: Sequence[Dataset], segments: S
     shared = seg.get("SharedFunctionalGroupsSequence") or [Dataset()]
     if "PlaneOrientationSequence" not in shared[0] and "PatientOrientation" not in seg:
         # Without patient geometry (X-ray, photos, stripped headers) General Image needs PatientOrientation (2C).
-        seg.PatientOrientation = first.get("PatientOrientation") or None
+        seg.PatientOrientation = _valid_orientation(first.get("PatientOrientation"))
 
     encoded = io.BytesIO()
     pydicom.dcmwrite(encoded, seg, enforce_file_format=True)
@@ -263,6 +264,32 @@ def write_segments(out_path: str | Path, sources: Sequence[Dataset], segments: S
     log.info("wrote SEG %s (%d segment(s), %d source slice(s))", out_path.name, len(names), planes)
     return WrittenSeg(out_path, sidecar, str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID), tuple(names),
                       tuple(codes_used))
+
+
+def _check_measures(header: Dataset) -> None:
+    """Refuse what highdicom would copy into an invalid SEG: a Pixel Spacing that is not two positive numbers,
+    a Frame of Reference without the Slice Thickness the SEG's Pixel Measures then need."""
+    spacing = header.get("PixelSpacing")
+    if spacing is not None:
+        try:
+            values = [float(v) for v in spacing]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+            raise SegWriteError(f"the source's PixelSpacing {shown_value(spacing)} is not two positive numbers")
+    thickness = header.get("SliceThickness")
+    in_groups = any(key in header for key in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"))
+    if "FrameOfReferenceUID" in header and (thickness is None or str(thickness).strip() == "") and not in_groups:
+        raise SegWriteError("the source has a Frame of Reference but no SliceThickness; its SEG would lack the "
+                            "slice thickness its Pixel Measures need")
+
+
+def _valid_orientation(value) -> list[str] | None:
+    """PatientOrientation as the standard allows it (two values of L, R, A, P, H, F), else None (Type 2: empty)."""
+    values = [str(v) for v in value] if value else []
+    if len(values) == 2 and all(v and set(v) <= set("LRAPHF") for v in values):
+        return values
+    return None
 
 
 def _publish_pair(files: dict[Path, bytes]) -> None:

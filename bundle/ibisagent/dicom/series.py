@@ -478,7 +478,10 @@ def read_series(source: str | Path | Sequence[str | Path], slice_index: int | No
     """
     check_window(window)
     with values_withheld() as caught:
-        series = _read(source, slice_index, series_uid, window)
+        try:
+            series = _read(source, slice_index, series_uid, window)
+        except NotImplementedError as error:  # pydicom meets a VR it does not know when it reads the value
+            raise DicomSeriesError(f"damaged DICOM header: {error}") from None
     if caught:
         log.debug("%d library warning(s) while reading withheld: they may quote patient data", len(caught))
     for note in series.warnings:

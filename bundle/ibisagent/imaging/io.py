@@ -67,7 +67,10 @@ def _read_dicom(path: Path, slice_index: int | None, window: str | None) -> Load
     from ..dicom.withheld import values_withheld
 
     with values_withheld():  # pydicom warns while reading and converting values, quoting them
-        return _dicom_slice(path, slice_index, window)
+        try:
+            return _dicom_slice(path, slice_index, window)
+        except NotImplementedError as error:  # pydicom meets a VR it does not know when it reads the value
+            raise ImageReadError(f"{path.name}: damaged DICOM header: {error}") from None
 
 
 def _dicom_slice(path: Path, slice_index: int | None, window: str | None) -> LoadedImage:
