@@ -160,3 +160,91 @@ def test_a_run_continues_from_a_start_state(lite_tool, demo_image, demo_embeddin
     with pytest.raises(ValueError, match="start mask"):
         Agent(lite_tool, policy).run(demo_image, "liver", embedding=demo_embedding,
                                      start=StartState((), np.zeros((3, 3), bool), None))
+
+
+class SelfAssessingPolicy(ScriptedPolicy):
+    """A scripted policy with its own confidence in the final mask (or one that fails to give it)."""
+
+    def __init__(self, responses, value=None, fail=False):
+        super().__init__(responses)
+        self.value, self.fail, self.final = value, fail, None
+
+    def confidence(self, observation):
+        from ibisagent.confidence import MaskConfidence
+
+        self.final = observation
+        if self.fail:
+            raise RuntimeError("head missing")
+        return MaskConfidence(self.value, 0.5, "scripted")
+
+
+def test_every_completed_run_carries_a_confidence_and_the_unreliable_flag(lite_tool, demo_image, demo_embedding):
+    import json
+
+    from ibisagent.confidence import TOOL_CONFIDENCE_THRESHOLD
+
+    result, _ = run(lite_tool, demo_image, demo_embedding, [CLICK, OTHER, STOP])
+    assert result.confidence.source == "tool"  # a policy without an estimate of its own
+    assert result.confidence.value == pytest.approx(result.turns[1].predicted_iou, abs=1e-4)
+    assert result.unreliable is (result.confidence.value < TOOL_CONFIDENCE_THRESHOLD)
+    record = json.loads(json.dumps(result.trajectory()))
+    assert record["unreliable"] is result.unreliable and record["confidence"]["source"] == "tool"
+
+    unsure = SelfAssessingPolicy([CLICK, STOP], value=0.2)
+    result = Agent(lite_tool, unsure).run(demo_image, "Segment the liver.", embedding=demo_embedding)
+    assert result.status is RunStatus.TERMINATED and result.unreliable and result.trajectory()["unreliable"]
+    assert result.trajectory()["confidence"] == {"value": 0.2, "threshold": 0.5, "source": "scripted",
+                                                 "unreliable": True, "features": {}}
+    # The policy judged the final state: the mask and clicks the run returns, the turn after the last.
+    assert np.array_equal(unsure.final.mask, result.mask) and unsure.final.clicks == tuple(result.clicks)
+    assert unsure.final.turn == 2 and unsure.final.embedding is demo_embedding
+    sure = Agent(lite_tool, SelfAssessingPolicy([CLICK, STOP], value=0.9)).run(demo_image, "liver",
+                                                                             embedding=demo_embedding)
+    assert not sure.unreliable and not sure.trajectory()["unreliable"]
+
+    # A policy failing to judge its mask costs nothing but is said: the tool's estimate stands in.
+    failing = Agent(lite_tool, SelfAssessingPolicy([CLICK, STOP], fail=True)).run(demo_image, "liver",
+                                                                                embedding=demo_embedding)
+    assert failing.status is RunStatus.TERMINATED and failing.confidence.source == "tool"
+    assert any("head missing" in issue for issue in failing.turns[-1].issues)
+    # No click, no mask: nothing to trust.
+    empty = Agent(lite_tool, ScriptedPolicy([STOP])).run(demo_image, "liver", embedding=demo_embedding)
+    assert empty.confidence.value == 0.0 and empty.unreliable
+    # A run that failed has no mask to judge.
+    failed = Agent(lite_tool, ExplodingPolicy()).run(demo_image, "liver", embedding=demo_embedding)
+    assert failed.confidence is None and not failed.unreliable and failed.trajectory()["confidence"] is None
+
+
+def test_confidence_models_are_checked_when_built_and_bound_to_their_checkpoint(tmp_path):
+    import json
+
+    from ibisagent.confidence import ConfidenceModel, MaskConfidence, calibration_path
+
+    with pytest.raises(ValueError, match="must lie in"):
+        MaskConfidence(1.2, 0.5, "tool")
+    with pytest.raises(ValueError, match="one transform and one coefficient"):
+        ConfidenceModel(("tool_iou",), ("identity", "log"), (1.0,), 0.0, 0.5, "x")
+    with pytest.raises(ValueError, match="unknown feature transform"):
+        ConfidenceModel(("tool_iou",), ("square",), (1.0,), 0.0, 0.5, "x")
+
+    checkpoint = tmp_path / "policy.pt"
+    checkpoint.write_bytes(b"weights")
+    import hashlib
+
+    model = ConfidenceModel(("tool_iou", "belief_inside"), ("identity", "logit"), (4.0, 1.0), -2.0, 0.5,
+                            hashlib.sha256(b"weights").hexdigest())
+    path = calibration_path(checkpoint)
+    assert path.name == "policy.confidence.json"
+    path.write_text(json.dumps(model.to_dict()))
+    loaded = ConfidenceModel.load(path, checkpoint)
+    good, bad = loaded({"tool_iou": 0.9, "belief_inside": 0.8}), loaded({"tool_iou": 0.9, "belief_inside": 0.01})
+    assert good.value > 0.5 > bad.value and bad.unreliable and not good.unreliable  # belief outside the mask
+    assert good.value == pytest.approx(1 / (1 + np.exp(-(-2.0 + 3.6 + np.log(0.8 / 0.2)))))
+    with pytest.raises(ValueError, match="needs the feature"):
+        loaded({"tool_iou": 0.9})
+    checkpoint.write_bytes(b"retrained")
+    with pytest.raises(ValueError, match="another checkpoint"):
+        ConfidenceModel.load(path, checkpoint)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read the confidence calibration"):
+        ConfidenceModel.load(path, checkpoint)

@@ -53,6 +53,27 @@ def test_segment_png_with_scripted_policy(tmp_path, med2d_manifest):
     assert np.asarray(Image.open(out / "mask.png")).shape == np.asarray(Image.open(pair.image)).shape[:2]
 
 
+def test_segment_reports_its_confidence_and_warns_when_unreliable(tmp_path, med2d_manifest):
+    """The issue's chest X-ray example through the CLI: the confidence is printed and stored; a mask that is not
+    right (IoU < 0.5) must come with the warning on stderr and `unreliable` in trajectory.json."""
+    from ibisagent.evaluation import read_manifest
+    from ibisagent.imaging.io import read_mask
+    from ibisagent.metrics import iou
+
+    pair = sorted((p for p in read_manifest(med2d_manifest, "test") if p.source == "v7-covid-cxr"),
+                  key=lambda p: str(p.image))[0]
+    out = tmp_path / "run"
+    done = ibis("segment", pair.image, "--query", "Segment the lungs.", "--out", out)
+    assert done.returncode == 0, done.stderr
+    trajectory = json.loads((out / "trajectory.json").read_text())
+    confidence = trajectory["confidence"]
+    assert confidence["source"] == "lite" and trajectory["unreliable"] is confidence["unreliable"]
+    assert f"confidence {confidence['value']:.2f} (lite; unreliable below {confidence['threshold']:.2f})" in done.stdout
+    assert ("warning: the result is unreliable" in done.stderr) is trajectory["unreliable"]
+    mask = np.asarray(Image.open(out / "mask.png")) > 0
+    assert iou(mask, read_mask(pair.mask, mask.shape)) >= 0.5 or trajectory["unreliable"]
+
+
 def mark_at(picture: np.ndarray, x: float, y: float) -> str | None:
     """'positive' / 'negative' when a click mark's disc covers (x, y) (normalised) in a picture, else None."""
     from ibisagent.imaging.overlay import click_radius

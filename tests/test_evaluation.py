@@ -84,3 +84,24 @@ def test_evaluate_command_writes_json(tmp_path, med2d_manifest):
     assert len(report["runs"]) == 1 and len(report["runs"][0]["pairs"]) == 2
     assert set(report["overall"]) >= {"iou", "dsc", "f1", "iou_at", "noc85", "noc90", "box_iou", "n"}
     assert "| source |" in done.stdout
+
+
+def test_auroc_and_calibration_of_confidence():
+    from ibisagent.evaluation import calibration
+    from ibisagent.metrics import auroc
+
+    assert auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert auroc([1, 1, 1], [True, False, True]) == pytest.approx(0.5)  # ties: no information
+    assert auroc([0.2, 0.3], [True, True]) != auroc([0.2, 0.3], [True, True])  # NaN without both classes
+
+    def record(source, value, confidence, threshold=0.5):
+        return {"source": source, "iou": value, "confidence": confidence, "unreliable": confidence < threshold}
+
+    records = [record("a", 0.9, 0.8), record("a", 0.1, 0.3), record("b", 0.7, 0.6), record("b", 0.4, 0.45),
+               record("b", 0.2, 0.65)]  # the last failure scores above a good run's confidence: not perfect
+    result = calibration(records)
+    assert result["n"] == 5 and result["failures"] == 3 and result["flagged"] == 2
+    assert result["flagged_failures"] == 2
+    assert result["auroc"] == pytest.approx(5 / 6)
+    assert result["iou_unflagged"] == pytest.approx((0.9 + (0.7 + 0.2) / 2) / 2)  # mean of the sources' means
+    assert result["iou_flagged"] == pytest.approx((0.1 + 0.4) / 2)

@@ -234,3 +234,39 @@ def test_confidence_stop_ends_the_run_when_the_tool_estimate_falls(lite_tool, li
     assert fell.action.kind is ActionKind.TERMINATE and "fell from 0.95 to 0.80" in fell.think
     assert "fell from" not in answer(lite_policy, (0.92, 0.95, 0.88)).think  # within 0.1: the network decides
     assert "fell from" not in answer(build_policy("lite-no-confidence-stop"), (0.92, 0.95, 0.80)).think
+
+
+def test_the_shipped_policy_says_when_its_lung_mask_is_unreliable(lite_tool, lite_policy, real_pairs):
+    """The issue's example: "Segment the lungs." on chest X-rays of the test split gives a correct mask or the
+    unreliable flag, from the shipped policy's calibrated confidence (models/lite_policy.confidence.json)."""
+    from ibisagent.imaging.io import read_mask
+
+    pairs = [p for p in real_pairs if p.source == "v7-covid-cxr"]
+    assert pairs, "no chest X-ray in the test split"
+    for pair in pairs:
+        image = np.asarray(Image.open(pair.image).convert("RGB"))
+        result = Agent(lite_tool, lite_policy).run(image, "Segment the lungs.")
+        confidence = result.confidence
+        assert confidence.source == "lite" and confidence.threshold == lite_policy.confidence_model.threshold
+        features = confidence.features
+        assert set(features) == {"tool_iou", "belief_inside", "stop_probability", "mask_fraction"}
+        assert all(0.0 <= value <= 1.0 for value in features.values())
+        assert features["mask_fraction"] == pytest.approx(result.mask.mean())
+        score = iou(result.mask, read_mask(pair.mask, image.shape[:2]))
+        assert score >= 0.5 or result.unreliable, (pair.image.name, score, confidence)
+
+
+def test_a_calibration_for_another_checkpoint_is_refused(tmp_path):
+    import shutil
+
+    from ibisagent.confidence import calibration_path
+    from ibisagent.policies import build_policy
+    from ibisagent.policies.lite import shipped_lite_policy
+
+    checkpoint = tmp_path / "lite_policy.pt"
+    shutil.copy(shipped_lite_policy(), checkpoint)
+    shutil.copy(calibration_path(shipped_lite_policy()), calibration_path(checkpoint))
+    assert build_policy("lite", checkpoint=checkpoint).confidence_model is not None  # the same weights: kept
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="fitted for another checkpoint"):
+        build_policy("lite", checkpoint=checkpoint)

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from .confidence import MaskConfidence, tool_confidence
 from .imaging.overlay import overlay_mask
 from .policies.base import Message, Observation, Policy
 from .prompting import PromptSet, clean_query, load_prompts
@@ -65,11 +66,19 @@ class AgentResult:
     error: str | None = None
     encode_seconds: float = 0.0
     low_res_logits: np.ndarray | None = None  # the tool's logits for `mask`: what a continuation starts from
+    confidence: MaskConfidence | None = None  # how sure the run is of its final mask; set for completed runs
+
+    @property
+    def unreliable(self) -> bool:
+        """The final mask's confidence is below its threshold (`confidence.py`)."""
+        return self.confidence is not None and self.confidence.unreliable
 
     def trajectory(self) -> dict:
         """JSON-ready record of the run (no pixels)."""
         return {
             "status": self.status.value,
+            "unreliable": self.unreliable,
+            "confidence": self.confidence.to_dict() if self.confidence else None,
             "error": self.error,
             "answer": self.answer,
             "encode_seconds": round(self.encode_seconds, 4),
@@ -200,6 +209,24 @@ class Agent:
                 on_turn(turn, result.mask)
             if stop is not None:
                 result.status = stop
-                return result
+                return self._with_confidence(result, image, query, embedding, predicted_ious)
         result.status = RunStatus.MAX_TURNS
+        return self._with_confidence(result, image, query, embedding, predicted_ious)
+
+    def _with_confidence(self, result: AgentResult, image: np.ndarray, query: str, embedding: ImageEmbedding,
+                         predicted_ious: list[float]) -> AgentResult:
+        """A completed run's confidence in its final mask: the policy's own, else the tool's estimate."""
+        if not result.status.completed:
+            return result
+        turn = result.turns[-1].index + 1 if result.turns else 0
+        final = Observation(image, overlay_mask(image, result.mask), result.mask, query, turn, tuple(result.clicks),
+                            embedding, tuple(predicted_ious))
+        try:
+            result.confidence = self.policy.confidence(final)
+        except Exception as error:  # a policy failing here must not cost the run: the tool's estimate stands in
+            if result.turns:
+                result.turns[-1].issues.append(f"confidence: the policy's estimate failed ({type(error).__name__}: "
+                                               f"{error}); the tool's estimate stands in")
+        if result.confidence is None:
+            result.confidence = tool_confidence(predicted_ious)
         return result

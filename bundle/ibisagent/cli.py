@@ -74,6 +74,16 @@ def _print_turn(turn, mask) -> None:
           flush=True)
 
 
+def _report_confidence(result) -> None:
+    """The final mask's confidence; an unreliable result also warns on stderr (the outputs carry the flag)."""
+    if result.confidence is None:
+        return
+    print(f"confidence {result.confidence.value:.2f} ({result.confidence.source}; unreliable below "
+          f"{result.confidence.threshold:.2f})", flush=True)
+    if result.unreliable:
+        print(f"ibis: warning: {result.confidence.warning()}", file=sys.stderr, flush=True)
+
+
 def _segment(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .imaging.io import read_image, read_mask
@@ -116,6 +126,7 @@ def _segment(args: argparse.Namespace) -> int:
     written = write_run(args.out, loaded.rgb, result, turn_masks, metadata, loaded.display, loaded.nifti)
     print(f"{result.status.value} after {len(result.turns)} turn(s), {len(result.clicks)} click(s); "
           f"mask {int(result.mask.sum())} px{scored} -> {Path(args.out) / 'mask.png'} ({len(written)} files)")
+    _report_confidence(result)
     return 0
 
 
@@ -176,6 +187,7 @@ def _segment_dicom(args: argparse.Namespace) -> int:
     print(f"{run.result.status.value} after {len(run.result.turns)} turn(s); segment {run.label!r}, "
           f"{int(run.result.mask.sum())} px -> {run.written.path} (+ {Path(run.written.sidecar).name}, "
           f"{run.overlay.name})")
+    _report_confidence(run.result)
     return 0
 
 
@@ -372,7 +384,8 @@ def _trajectories(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_policies, load_queries, markdown_table, read_manifest, select_pairs, summarise
+    from .evaluation import (calibration_line, evaluate_policies, load_queries, markdown_table, read_manifest,
+                             select_pairs, summarise)
     from .outputs import check_output_file, write_json_atomic
     from .policies import LITE_POLICY_NAMES, build_policy
     from .prompting import load_prompts
@@ -408,12 +421,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     runs = []
     for spec in args.tool or ["lite-medsam"]:
         tool = build_tool(spec, args.backend)
+        cache = None
+        if args.cache_dir:
+            from .training.embedding_cache import EmbeddingCache
+
+            cache = EmbeddingCache(args.cache_dir, tool)
         by_policy = evaluate_policies(pairs, tool, {name: policy_maker(name) for name in names}, queries,
-                                      args.query_kind, prompts, args.max_turns, progress)
+                                      args.query_kind, prompts, args.max_turns, progress, cache)
         for name, records in by_policy.items():
             runs.append({"tool": tool.name, "tool_spec": spec, "policy": name, **summarise(records), "pairs": records})
             print(f"\n{tool.name} ({spec}), policy {name}, split {args.split}, {args.query_kind} queries\n")
             print(markdown_table(runs[-1]))
+            print(f"\n{calibration_line(runs[-1])}")
     report = {"command": " ".join(["ibis", *sys.argv[1:]]), "policy": args.policy, "split": args.split,
               "query_kind": args.query_kind, **{k: runs[0][k] for k in ("tool", "by_source", "overall")},
               "runs": runs}
@@ -769,6 +788,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="at most N pairs")
     evaluate.add_argument("--per-source", type=int, help="at most N pairs per source")
     evaluate.add_argument("--json", help="write the full report here")
+    evaluate.add_argument("--cache-dir", help="read image embeddings from (and add them to) this cache, as training "
+                          "does (float16 on disk); without it every image is encoded afresh")
     evaluate.add_argument("--compare", action="append", type=_compared_policy,
                           help="also run this policy on the same pairs and embeddings (repeatable): a policy name, "
                                "or lite=CHECKPOINT for another IBIS-lite checkpoint")

@@ -15,20 +15,23 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Literal, Mapping
 
 import numpy as np
 from PIL import Image
 
 from .agent import Agent
 from .imaging.io import read_mask
-from .metrics import boundary_f1, bounding_box, dice, iou, noc
+from .metrics import auroc, boundary_f1, bounding_box, dice, iou, noc
 from .policies.base import Policy
 from .prompting import PromptSet
 from .tools.base import SegmentationTool
 
+if TYPE_CHECKING:
+    from .training.embedding_cache import EmbeddingCache
+
 __all__ = ["Pair", "read_manifest", "select_pairs", "choose_query", "evaluate", "evaluate_policies", "summarise", "markdown_table",
-           "CLICK_STEPS"]
+           "calibration", "calibration_line", "CLICK_STEPS"]
 
 CLICK_STEPS = (1, 3, 5, 10)
 QueryKind = Literal["referring", "reasoning"]
@@ -96,8 +99,10 @@ def evaluate(pairs: Iterable[Pair], tool: SegmentationTool, make_policy: Callabl
 def evaluate_policies(pairs: Iterable[Pair], tool: SegmentationTool,
                       make_policies: Mapping[str, Callable[[np.ndarray], Policy]], queries: dict | None = None,
                       query_kind: QueryKind = "referring", prompts: PromptSet | None = None, max_turns: int = 20,
-                      progress: Callable[[int, int, dict], None] | None = None) -> dict[str, list[dict]]:
-    """Records per policy name; every policy sees the same pairs, queries and image embeddings (encoded once)."""
+                      progress: Callable[[int, int, dict], None] | None = None,
+                      cache: EmbeddingCache | None = None) -> dict[str, list[dict]]:
+    """Records per policy name; every policy sees the same pairs, queries and image embeddings (encoded once,
+    or read from `cache`: float16 embeddings on disk, shared by runs and by tools with one encoder)."""
     pairs = sorted(pairs, key=lambda p: (str(p.image), p.label))  # same image in a row: encode once
     records: dict[str, list[dict]] = {name: [] for name in make_policies}
     cached_image, embedding = None, None
@@ -108,7 +113,8 @@ def evaluate_policies(pairs: Iterable[Pair], tool: SegmentationTool,
         image = np.asarray(Image.open(pair.image).convert("RGB"))
         target = read_mask(pair.mask, image.shape[:2])
         if cached_image != pair.image:
-            embedding, cached_image = tool.encode(image), pair.image
+            embedding = cache.embedding(pair.image) if cache is not None else tool.encode(image)
+            cached_image = pair.image
         box = bounding_box(target)
         box_iou = iou(tool.predict(embedding, box=box, multimask=False).mask, target) if box else float("nan")
         for name, make_policy in make_policies.items():
@@ -139,6 +145,11 @@ def _run_pair(pair: Pair, query: str, image: np.ndarray, target: np.ndarray, emb
         "iou_at": dict(zip(map(str, CLICK_STEPS), carried)),
         "noc85": noc(click_ious, 0.85, max_turns), "noc90": noc(click_ious, 0.90, max_turns),
         "agent_seconds": round(time.perf_counter() - started, 4),
+        "confidence": result.confidence.value if result.confidence else None,
+        "confidence_source": result.confidence.source if result.confidence else None,
+        "confidence_features": dict(result.confidence.features) if result.confidence else None,
+        "unreliable": result.unreliable,
+        "tool_iou": next((t.predicted_iou for t in reversed(result.turns) if t.predicted_iou is not None), None),
     }
 
 
@@ -174,7 +185,40 @@ def summarise(records: list[dict]) -> dict:
         for key in ("clicks", "iou", "dsc", "f1", "iou_at", "noc85", "noc90", "box_iou")
     }
     overall["n"] = sum(s["n"] for s in sources)
-    return {"by_source": by_source, "overall": overall}
+    return {"by_source": by_source, "overall": overall, "calibration": calibration(records)}
+
+
+def calibration(records: list[dict], failure_iou: float = 0.5) -> dict:
+    """How well the runs' confidence tells a failed mask (IoU < `failure_iou`) from a good one: the AUROC of
+    low confidence for failure over all runs, how many runs were flagged unreliable, and the IoU (mean of
+    sources, as in the tables) of the runs not flagged and of those flagged."""
+    scored = [r for r in records if r.get("confidence") is not None]
+
+    def by_sources(chosen: list[dict]) -> float:
+        grouped: dict[str, list[float]] = defaultdict(list)
+        for record in chosen:
+            grouped[record["source"]].append(record["iou"])
+        return _mean([_mean(values) for values in grouped.values()])
+
+    return {
+        "n": len(scored), "failure_iou": failure_iou,
+        "failures": sum(r["iou"] < failure_iou for r in scored),
+        "auroc": auroc([-r["confidence"] for r in scored], [r["iou"] < failure_iou for r in scored]),
+        "flagged": sum(bool(r["unreliable"]) for r in scored),
+        "flagged_failures": sum(bool(r["unreliable"]) and r["iou"] < failure_iou for r in scored),
+        "iou_unflagged": by_sources([r for r in scored if not r["unreliable"]]),
+        "iou_flagged": by_sources([r for r in scored if r["unreliable"]]),
+    }
+
+
+def calibration_line(summary: dict) -> str:
+    """One line under a run's table: the calibration of its confidence."""
+    c = summary["calibration"]
+    if not c["n"]:
+        return "calibration: no run reported a confidence"
+    return (f"calibration ({c['n']} runs, {c['failures']} with IoU < {c['failure_iou']}): AUROC {c['auroc']:.3f}; "
+            f"flagged unreliable {c['flagged']} ({c['flagged_failures']} of them failures); IoU of unflagged runs "
+            f"{c['iou_unflagged']:.3f}, of flagged runs {c['iou_flagged']:.3f} (means of sources)")
 
 
 def markdown_table(summary: dict) -> str:

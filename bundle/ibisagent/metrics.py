@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["iou", "dice", "boundary_f1", "noc", "bounding_box"]
+__all__ = ["iou", "dice", "boundary_f1", "noc", "bounding_box", "auroc"]
 
 
 def _pair(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,3 +71,16 @@ def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     if rows.size == 0:
         return None
     return int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
+
+
+def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float:
+    """Area under the ROC curve: the chance that a random positive scores above a random negative (ties count
+    half); NaN unless both classes occur."""
+    from scipy.stats import rankdata
+
+    scores, positives = np.asarray(scores, float), np.asarray(positives, bool)
+    n_positive, n_negative = int(positives.sum()), int((~positives).sum())
+    if n_positive == 0 or n_negative == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positives].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))

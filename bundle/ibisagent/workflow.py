@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .agent import TURN_LIMIT, Agent
+from .agent import TURN_LIMIT, Agent, AgentResult
 from .imaging.io import read_image, read_mask
 from .imaging.orientation import IDENTITY, DisplayTransform
 from .metrics import iou
@@ -112,6 +112,13 @@ def item_folder_name(index: int, image: str) -> str:
     return f"{index:04d}_{re.sub(r'[^A-Za-z0-9._-]', '_', name)}"
 
 
+def _outcome(result: AgentResult) -> dict:
+    """What the summary records of a run: its status, the unreliable flag and the confidence, clicks, mask area."""
+    return {"status": result.status.value, "unreliable": result.unreliable,
+            "confidence": round(result.confidence.value, 4) if result.confidence else None,
+            "clicks": len(result.clicks), "mask_area": int(result.mask.sum())}
+
+
 class AgentWorkflow:
     """The agent over a datalist. `tool` is a tool or a tool spec (built once the datalist has been read);
     `backend` says where the embedded models run (see `tools.factory`)."""
@@ -162,7 +169,7 @@ class AgentWorkflow:
                             prompts=self.prompts, max_turns=self.max_turns, series=series, tool_name=self.tool.name,
                             policy_name=self.policy_name)
         result = run.result
-        entry.update(status=result.status.value, clicks=len(result.clicks), mask_area=int(result.mask.sum()))
+        entry.update(_outcome(result))
         self._score(item, result.mask, series.display, entry)
         if not run.completed:
             entry["error"] = result.error
@@ -207,7 +214,7 @@ class AgentWorkflow:
         agent = Agent(self.tool, policy, self.prompts, self.max_turns)
         masks: list[np.ndarray] = []
         result = agent.run(loaded.rgb, item["query"], on_turn=lambda turn, mask: masks.append(mask))
-        entry.update(status=result.status.value, clicks=len(result.clicks), mask_area=int(result.mask.sum()))
+        entry.update(_outcome(result))
         self._score(item, result.mask, loaded.display, entry)
         if result.status.completed:
             metadata = {"input": Path(item["image"]).name, "query": item["query"], "policy": self.policy_name,
@@ -257,6 +264,9 @@ def describe_summary(summary: list[dict], output_dir: str | Path) -> str:
     for entry in summary:
         statuses[entry["status"]] = statuses.get(entry["status"], 0) + 1
     ended = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+    unreliable = sum(bool(entry.get("unreliable")) for entry in summary)
+    if unreliable:
+        ended += f" ({unreliable} flagged unreliable)"
     scores = [entry["reference_iou"] for entry in summary if "reference_iou" in entry]
     scored = f"; mean IoU {np.mean(scores):.3f} against {len(scores)} reference(s)" if scores else ""
     return f"{len(summary)} item(s): {ended or 'none'}{scored}; outputs in {output_dir} (summary.json)"
@@ -280,5 +290,8 @@ def run_bundle(workflow: AgentWorkflow) -> list[dict]:
     for entry in summary:
         if entry["status"] == "failed" or entry.get("error"):
             print(f"ibisagent: item {entry['index']} ({entry['image']}): {entry['status']}: {entry.get('error')}")
+        elif entry.get("unreliable"):
+            print(f"ibisagent: warning: item {entry['index']} ({entry['image']}): the result is unreliable "
+                  f"(confidence {entry['confidence']:.2f}); check the mask before using it")
     print(f"ibisagent: {describe_summary(summary, workflow.output_dir)}", flush=True)
     return summary

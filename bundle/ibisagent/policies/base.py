@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..confidence import MaskConfidence
     from ..tools.base import Click, ImageEmbedding
 
 __all__ = ["Message", "Observation", "Policy", "PolicyError"]
@@ -43,3 +44,8 @@ class Policy(ABC):
     @abstractmethod
     def act(self, observation: Observation, messages: list[Message]) -> str:
         """The raw answer text for this turn. Raise PolicyError when no answer can be had."""
+
+    def confidence(self, observation: Observation) -> MaskConfidence | None:
+        """The policy's own confidence in the final mask (`observation` after the last turn); None when it has
+        none, and the agent uses the tool's estimate."""
+        return None

@@ -16,10 +16,12 @@ both read the same numpy state (`lite_state`), and their actions agree
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from ..confidence import ConfidenceModel, MaskConfidence, calibration_path, tool_confidence
 from ..protocol import Action, format_response
 from .base import Message, Observation, Policy, PolicyError
 from .lite_state import (LiteConfig, PolicyState, action_probabilities, decode_action, greedy_action,
@@ -153,12 +155,15 @@ class LitePolicy(Policy):
         self.max_clicks = max_clicks
         self.confidence_drop = confidence_drop
         self.queries = query_encoder or shared_query_encoder(backend)
+        calibration = calibration_path(self.checkpoint)
+        self.confidence_model = ConfidenceModel.load(calibration, self.checkpoint) if calibration.is_file() else None
         if max_clicks == 1:
             self.name = "lite-one-click"
         elif confidence_drop is None:
             self.name = "lite-no-confidence-stop"
 
-    def act(self, observation: Observation, messages: list[Message]) -> str:
+    def _pooled(self, observation: Observation) -> np.ndarray:
+        """The network's embedding input for this observation; a foreign or absent embedding is a PolicyError."""
         embedding = observation.embedding
         if embedding is None:
             raise PolicyError("the lite policy needs the tool's image embedding (run it through the Agent)")
@@ -169,6 +174,19 @@ class LitePolicy(Policy):
         if pooled.shape[1:] != (self.config.embedding_channels, half, half) or frame.input_size != self.config.frame_size:
             raise PolicyError(f"the lite policy was trained on {expected} embeddings; this tool's pooled embedding "
                               f"has shape {pooled.shape[1:]} at input {frame.input_size}")
+        return pooled
+
+    def _state(self, observation: Observation) -> PolicyState:
+        """The observation as the network's state, in the tool's model-input frame."""
+        frame = observation.embedding.frame
+        scale_x, scale_y = frame.width * frame.scale, frame.height * frame.scale
+        return PolicyState(frame.mask_to_input(observation.mask), valid_region(frame),
+                           tuple((c.x * scale_x, c.y * scale_y, c.positive) for c in observation.clicks),
+                           observation.turn)
+
+    def act(self, observation: Observation, messages: list[Message]) -> str:
+        pooled = self._pooled(observation)
+        frame = observation.embedding.frame
         if self.max_clicks is not None and len(observation.clicks) >= self.max_clicks:
             return format_response(Action.terminate(), f"The request: \"{observation.query}\". "
                                    f"I was asked for at most {self.max_clicks} click(s); I stop.")
@@ -180,21 +198,43 @@ class LitePolicy(Policy):
                                    f"tool's own estimate of the mask fell from {best_before:.2f} to "
                                    f"{estimates[-1]:.2f} after my last click; more clicks would likely make it "
                                    "worse, so I stop.")
-        scale_x, scale_y = frame.width * frame.scale, frame.height * frame.scale
-        state = PolicyState(frame.mask_to_input(observation.mask), valid_region(frame),
-                            tuple((c.x * scale_x, c.y * scale_y, c.positive) for c in observation.clicks),
-                            observation.turn)
-        maps, step, blocked = state_arrays([state], self.config)
+        maps, step, blocked = state_arrays([self._state(observation)], self.config)
         outputs = self.network(pooled, maps, self.queries([observation.query]), step)
         probabilities = action_probabilities(outputs["actions"], blocked)
         # With no click yet there is nothing to stop on: the first action is always a click.
         index = greedy_action(probabilities, may_stop=bool(observation.clicks))
         kind, fx, fy = decode_action(index, self.config)
+        scale_x, scale_y = frame.width * frame.scale, frame.height * frame.scale
         x, y = min(max(fx / scale_x, 0.0), 1.0), min(max(fy / scale_y, 0.0), 1.0)
         think = rationale(observation.query, float(observation.mask.mean()), len(observation.clicks), kind, x, y,
                           float(probabilities[0, index]))
         action = {"positive": Action.positive, "negative": Action.negative}.get(kind)
         return format_response(action(x, y) if action else Action.terminate(), think)
+
+    def confidence_features(self, observation: Observation) -> dict[str, float]:
+        """What the confidence reads of a final state (`confidence.py`): the tool's estimate of the mask, the share
+        of the policy's first-turn belief (its positive-click distribution with no mask yet: where it thinks the
+        requested target is) that lies inside the mask, its probability of stopping now, the mask's area."""
+        pooled = self._pooled(observation)
+        final = self._state(observation)
+        first = PolicyState(np.zeros_like(final.valid), final.valid, (), 0)
+        maps, step, blocked = state_arrays([first, final], self.config)
+        query = self.queries([observation.query])
+        outputs = self.network(np.repeat(pooled, 2, axis=0), maps, np.repeat(query, 2, axis=0), step)
+        probabilities = action_probabilities(outputs["actions"], blocked)
+        cells = self.config.grid ** 2
+        belief = probabilities[0, :cells] / max(float(probabilities[0, :cells].sum()), 1e-12)
+        return {"tool_iou": tool_confidence(observation.predicted_ious).value,  # clipped to [0, 1]
+                "belief_inside": float(belief @ maps[1, 0].reshape(-1)),
+                "stop_probability": float(probabilities[1, -1]), "mask_fraction": float(observation.mask.mean())}
+
+    def confidence(self, observation: Observation) -> MaskConfidence:
+        """The calibrated confidence in the final mask, fitted on validation for this checkpoint
+        (`<checkpoint stem>.confidence.json`); without one, the tool's estimate (the policy's features recorded)."""
+        features = self.confidence_features(observation)
+        if self.confidence_model is None:
+            return replace(tool_confidence(observation.predicted_ious), features=features)
+        return self.confidence_model(features)
 
 
 def _pooled_input(features) -> np.ndarray:
