@@ -120,7 +120,9 @@ def test_dagger_labels_the_states_the_policy_reaches(tmp_path, lite_tool, lite_p
     rows = list(range(len(episodes.pairs)))
     cache = EmbeddingCache(tmp_path, lite_tool)
     queries = torch.from_numpy(lite_policy.queries([f"Segment the {p.label}." for p in episodes.pairs]))
-    network = lite_policy.network
+    from ibisagent.policies.lite import load_lite_checkpoint
+
+    network, _ = load_lite_checkpoint(lite_policy.checkpoint)  # training rolls out the torch network itself
     states = collect_on_policy_states(network, episodes, rows, cache, lite_tool.decoder, queries, max_turns=4,
                                       target_iou=0.9, region_share=0.5)
     visited = []
