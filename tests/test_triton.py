@@ -30,15 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 SERVER_ENV = REPO / ".venv-triton"
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
+from ibisagent.stress.run import free_ports  # noqa: E402  (tests import it from here too)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["SECTIONS", "StressSettings", "run_stress", "section_file"]
+__all__ = ["SECTIONS", "StressSettings", "free_ports", "run_stress", "section_file"]
 
 Progress = Callable[[str], None]
 
@@ -51,7 +51,8 @@ class StressSettings:
                                  "security")
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """Ports free on loopback now (servers we start are told these)."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for probe in sockets:
@@ -101,7 +102,7 @@ class _Servers:
 
         if self.server is None or not self.server.running():
             self.prepare()
-            grpc, http, metrics = _free_ports(3)
+            grpc, http, metrics = free_ports(3)
             self.server = TritonServer(self.repository, SAM_MODELS, grpc_port=grpc, http_port=http,
                                        metrics_port=metrics, install=self.install, log=lambda line: None).start()
         return self.server
@@ -173,7 +174,7 @@ def _signals(settings: StressSettings, servers: _Servers, progress: Progress) ->
         for signum in signals:
             for moment in ("starting", "serving"):
                 command = serve_command(servers.repository, servers.server_env, servers.tool_spec,
-                                        tuple(_free_ports(3)))
+                                        tuple(free_ports(3)))
                 trials.append(asdict(serve_signal_trial(command, signum, moment)))
                 progress(f"signal trial: {trials[-1]}")
     label_env = _label_env(settings)
@@ -183,7 +184,7 @@ def _signals(settings: StressSettings, servers: _Servers, progress: Progress) ->
             studies = _studies(settings, Path(folder))
             for signum in signals:
                 command = label_serve_command(studies, Path(folder) / "app", label_env, servers.tool_spec,
-                                              _free_ports(1)[0])
+                                              free_ports(1)[0])
                 trials.append(asdict(serve_signal_trial(command, signum, "serving")))
                 progress(f"signal trial: {trials[-1]}")
     else:
@@ -266,7 +267,7 @@ def _security(settings: StressSettings, servers: _Servers, progress: Progress) -
     label_env = _label_env(settings)
     if label_env is not None:
         with tempfile.TemporaryDirectory(prefix="ibis-stress-bind-") as folder:
-            port = _free_ports(1)[0]
+            port = free_ports(1)[0]
             label = LabelServer(_studies(settings, Path(folder)), Path(folder) / "app", port=port,
                                 label_env=label_env, log=lambda line: None, conf={"tool": servers.tool_spec})
             label.start(900)
