@@ -64,6 +64,27 @@ def test_slices_reach_the_tool_in_the_radiological_display():
         assert np.array_equal(volume.to_stored(shown), liver[key])
 
 
+def test_mr_slices_reach_the_policy_as_its_training_slices_were_made():
+    """uint8 MR is windowed like med2d's PNGs of the same volumes (the policy's training data), not shown as stored.
+
+    med2d's brats2015 PNG is the 0.5-99.5 percentile window of the whole
+    volume, with its rows in the file's order (posterior up; the volume shows
+    anterior up, the standard display). Its acdc PNG is a per-slice window of
+    the same stack: close to the volume's window, far from the stored values.
+    """
+    from PIL import Image
+
+    med2d = REPO.parent / "shared" / "data" / "med2d" / "images"
+    brats = read_volume(_need(VOLUMES / "brats2015" / "brats_2013_pat0006_1_flair.npz"), modality="MRI")
+    png = np.asarray(Image.open(_need(med2d / "brats2015" / "brats_2013_pat0006_1_z084_flair.png")), np.int16)
+    shown = brats.slice_rgb(84)[::-1, :, 0].astype(np.int16)
+    assert brats.window.name == "percentile"
+    assert np.abs(shown - png).max() <= 1  # rounding only
+    acdc = read_volume(_need(VOLUMES / "acdc" / "patient001_ED.npz"), modality="MRI")
+    png = np.asarray(Image.open(_need(med2d / "acdc" / "patient001_frame01_s05.png")), np.int16)
+    assert np.abs(acdc.slice_rgb(5)[..., 0].astype(np.int16) - png).mean() < 3  # as stored: 9.1
+
+
 def test_npz_affine_is_converted_to_lps_once():
     volume = read_volume(_need(SPLEEN))
     with np.load(SPLEEN) as archive:

@@ -742,7 +742,7 @@ def _parser() -> argparse.ArgumentParser:
     volume.add_argument("--label", help="the target's label: the SEG's codes, and the reference's label by name")
     volume.add_argument("--series-uid", help="DICOM: pick one series when the folder holds several")
     volume.add_argument("--window", help="abdomen | lung | bone | brain | percentile (default: abdomen for CT, "
-                        "percentiles of the whole volume otherwise; uint8 volumes as stored)")
+                        "percentiles of the whole volume otherwise, uint8 MR included; a uint8 CT as stored)")
     volume.add_argument("--ground-truth", help="a label map on the input's grid (NIfTI or npz; an npz input's own "
                         "labels by default): the oracle's reference, and the score")
     _add_volume_options(volume)

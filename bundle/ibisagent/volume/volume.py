@@ -31,7 +31,13 @@ class VolumeWindow:
 
     CT presets are fixed in Hounsfield units; "percentile" is computed once
     over the whole volume (per-slice percentiles would brighten a slice that
-    holds little tissue); uint8 voxels are already display values ("as stored").
+    holds little tissue). Only a uint8 CT is shown "as stored" (it was windowed
+    already; HU presets cannot apply). uint8 MR or unknown voxels are a
+    normalisation, not a display: they get the percentile window like any MR,
+    which is how the policy's training slices were made (med2d's brats2015 PNGs
+    are the 0.5-99.5 percentile window of the same volume; shown as stored,
+    the policy saw them 20-25 % darker with the tumour unsaturated:
+    docs/volumes.md, "The display window").
     """
 
     name: str  # a CT preset, "percentile" or "as stored"
@@ -41,10 +47,11 @@ class VolumeWindow:
     @classmethod
     def for_volume(cls, voxels: np.ndarray, modality: str | None, window: str | None = None) -> VolumeWindow:
         if window is None:
-            if voxels.dtype == np.uint8:
+            if voxels.dtype == np.uint8 and modality == "CT":
                 return cls("as stored", 127.5, 255.0)
-            window = "abdomen" if (modality == "CT" or (modality is None and float(voxels.min()) <= -500)) \
-                else "percentile"
+            in_hounsfield = voxels.dtype != np.uint8 and (
+                modality == "CT" or (modality is None and float(voxels.min()) <= -500))
+            window = "abdomen" if in_hounsfield else "percentile"
         if window in CT_WINDOWS:
             return cls(window, *CT_WINDOWS[window])
         if window != "percentile":
