@@ -75,7 +75,7 @@ def label_of(answer) -> tuple[np.ndarray, dict]:
 def test_info_lists_the_task_with_its_config(server):
     info = get(server.url, "/info/").json()
     task = info["models"]["ibisagent"]
-    assert task["type"] == "deepgrow" and task["dimension"] == 2
+    assert task["type"] == "deepgrow" and task["dimension"] == 3  # both clients then send every point
     assert set(task["config"]) == {"prompt", "label", "policy", "max_turns", "agent_turns_after_user", "store_seg"}
     assert task["config"]["policy"][0] == "lite" and "liver" in task["labels"]
 
@@ -314,9 +314,13 @@ def pacs_server(label_env, orthanc, tmp_path_factory):
     server.stop()
 
 
+PACS_POINT = [256, 300, 1]  # [column, row, slice] of the series sorted along its normal, as Slicer and OHIF send
+
+
 @pytest.fixture(scope="module")
 def pacs_result(pacs_server):
-    """The agent's pass on the middle slice of a series in Orthanc, then a person's click; the SEG stored back."""
+    """The agent's pass on the middle slice of the series in Orthanc, propagated through the series, then a
+    person's point; each request stores the SEG of the whole series back."""
     import json
 
     from ibisagent.dicom.series import read_series
@@ -325,14 +329,17 @@ def pacs_result(pacs_server):
     params = {"prompt": PROMPT, "label": "liver", "slice": 1, "client_id": "pacs-reader", "store_seg": True}
     first = infer(pacs_server.url, series.series_instance_uid, params)
     assert first.status == 200, first.body[:300]
-    answer = infer(pacs_server.url, series.series_instance_uid, {**params, "foreground": [[256, 300, 1]]})
+    first_result = json.loads(first.parts()["params"])
+    assert first_result["algorithm_type"] == "AUTOMATIC" and first_result["seg"]["stored"] is True
+    answer = infer(pacs_server.url, series.series_instance_uid, {**params, "foreground": [PACS_POINT]})
     assert answer.status == 200, answer.body[:300]
     parts = answer.parts()
     return series, json.loads(parts["params"]), parts["image"]
 
 
 def test_orthanc_round_trip_stores_our_seg_and_reads_it_back(pacs_result, orthanc, tmp_path):
-    """A series in Orthanc, segmented through MONAI Label, our SEG stored back (STOW) and read back (WADO)."""
+    """A series in Orthanc segmented in 3D through MONAI Label: the label is the in-process volume session's,
+    voxel for voxel, on the series' grid; our SEG over the series stored back (STOW), read back (WADO), valid."""
     import subprocess
 
     import nrrd
@@ -340,14 +347,29 @@ def test_orthanc_round_trip_stores_our_seg_and_reads_it_back(pacs_result, orthan
     from dicomweb_client.api import DICOMwebClient
 
     from ibisagent.dicom.seg_writer import list_segments, read_segmentation, segment_mask
+    from ibisagent.policies import build_policy
+    from ibisagent.tools.factory import build_tool
+    from ibisagent.volume.readers import read_volume
+    from ibisagent.volume.session import VolumeSession
 
     series, result, label_file = pacs_result
-    assert result["encoded"] is False and result["seg"]["stored"] is True
-    assert result["algorithm_type"] == "SEMIAUTOMATIC"
+    assert result["dimension"] == 3 and result["volume_source"] == "dicom" and result["clicked_slices"] == [1]
+    assert result["encoded_slices"] == [] and result["seg"]["stored"] is True  # the click encoded nothing
+    assert result["algorithm_type"] == "SEMIAUTOMATIC" and result["trajectory"][-1]["points"] == [PACS_POINT]
     (tmp_path / "label.nrrd").write_bytes(label_file)
     label, header = nrrd.read(str(tmp_path / "label.nrrd"))
     assert label.shape == (512, 512, 3) and header["space"] == "left-posterior-superior"
-    assert label[:, :, 1].any() and not label[:, :, 0].any()
+    for k, dataset in enumerate(series.datasets):  # voxel (0, 0, k) lies at slice k's position
+        position = header["space origin"] + k * header["space directions"][2]
+        assert np.allclose(position, [float(v) for v in dataset.ImagePositionPatient], atol=1e-3)
+
+    volume = read_volume(CT_SLICES)  # the same series, in process, with the tool the server runs
+    session = VolumeSession(build_tool("lite-medsam"), volume)
+    session.run_agent(build_policy("lite"), PROMPT, 1, max_turns=10)
+    column, row, index = PACS_POINT
+    session.add_clicks(index, [session.click_at(index, row, column, True)], author="person")
+    expected = session.mask()  # (slice, row, column)
+    assert expected.any() and np.array_equal(label.transpose(2, 1, 0) > 0, expected)
 
     client = DICOMwebClient(f"{orthanc}/dicom-web")
     seg = client.retrieve_instance(str(series.source.StudyInstanceUID), result["seg"]["series_instance_uid"],
@@ -357,8 +379,12 @@ def test_orthanc_round_trip_stores_our_seg_and_reads_it_back(pacs_result, orthan
     stored = read_segmentation(path)
     assert stored.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
     assert list_segments(stored)[0].label == "liver" and "RecommendedDisplayCIELabValue" in stored.SegmentSequence[0]
-    mask = segment_mask(stored, str(series.source.SOPInstanceUID))
-    assert np.array_equal(mask, label[:, :, 1].T > 0)
+    framed = {str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+              for frame in stored.PerFrameFunctionalGroupsSequence}
+    holding = [k for k in range(volume.slice_count) if expected[k].any()]
+    assert framed == {str(series.datasets[k].SOPInstanceUID) for k in holding}  # a frame per slice holding it
+    for k in holding:
+        assert np.array_equal(segment_mask(stored, str(series.datasets[k].SOPInstanceUID)), expected[k])
     report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
     errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
     assert errors == [], errors
@@ -386,3 +412,52 @@ def test_ohif_shows_our_seg_over_its_series(pacs_result, orthanc):
     assert green_pixels(after) > green_pixels(before) + 200  # the liver overlay in the SEG's colour
     if os.environ.get("IBIS_OHIF_SCREENSHOT"):
         Path(os.environ["IBIS_OHIF_SCREENSHOT"]).write_bytes(after)
+
+
+def test_the_agent_continues_on_the_clicked_slice_in_3d(lite_tool, tmp_path):
+    """agent_turns_after_user in a volume: after the person's point the agent goes on from the person's mask on
+    that slice (as Agent.run from that state would), before propagation; 0 leaves the person the last word."""
+    from ibisagent.agent import Agent, StartState
+    from ibisagent.label.sessions import SessionKey
+    from ibisagent.label.task import AgentLabelTask
+    from ibisagent.policies import build_policy
+
+    if not CT_SLICES.is_dir():
+        pytest.skip(f"real DICOM absent: {CT_SLICES}")
+    task = AgentLabelTask(lite_tool, build_policy, ["lite"], [CT_SLICES.parent])
+    params = {"prompt": PROMPT, "label": "liver", "slice": 1, "foreground": [PACS_POINT]}
+    _, alone = task.infer(CT_SLICES, "ct", {**params, "client_id": "alone"}, tmp_path)
+    assert alone["trajectory"][-1]["by"] == "person" and alone["clicks"][-1]["origin"] == "person"
+    person_state = task.sessions.get(SessionKey("alone", "ct", "liver")).session.states[1]
+
+    turns = 2
+    _, mixed = task.infer(CT_SLICES, "ct", {**params, "client_id": "mixed", "agent_turns_after_user": turns},
+                          tmp_path)
+    person_at = max(i for i, event in enumerate(mixed["trajectory"]) if event["by"] == "person")
+    after = mixed["trajectory"][person_at + 1:]
+    assert 1 <= len(after) <= turns and all(e["by"] == "agent" and e["after_person"] for e in after)
+    def without_propagation(events: list[dict]) -> list[dict]:
+        return [{k: v for k, v in event.items() if k != "propagation"} for event in events]
+
+    # the same agent pass and person click (what propagation did then differs: the slice differs)
+    assert without_propagation(mixed["trajectory"][:person_at + 1]) == without_propagation(alone["trajectory"])
+    assert mixed["encoded_slices"] == []  # the second client reuses the shared encoder
+
+    encoder = task.sessions.get(SessionKey("mixed", "ct", "liver")).session.encoder
+    start = StartState(tuple(c.click for c in person_state.clicks), person_state.mask, person_state.logits,
+                       (float(person_state.predicted_iou),), len(person_state.clicks))
+    expected = Agent(lite_tool, build_policy("lite"), max_turns=turns).run(
+        encoder.rgb(1), PROMPT, embedding=encoder.embedding(1), start=start)
+    state = task.sessions.get(SessionKey("mixed", "ct", "liver")).session.states[1]
+    assert np.array_equal(state.mask, expected.mask)
+    assert [c.click for c in state.clicks] == list(expected.clicks)
+    assert [c.author for c in state.clicks][len(person_state.clicks):] == ["agent:lite"] * (
+        len(expected.clicks) - len(person_state.clicks))
+
+    # the client resends the same point: no new turn; removing it rebuilds the agent's pass alone
+    _, again = task.infer(CT_SLICES, "ct", {**params, "client_id": "mixed", "agent_turns_after_user": turns},
+                          tmp_path)
+    assert again["trajectory"] == mixed["trajectory"] and again["changed_slices"] == []
+    _, removed = task.infer(CT_SLICES, "ct", {**params, "client_id": "mixed", "foreground": [],
+                                              "agent_turns_after_user": turns}, tmp_path)
+    assert removed["algorithm_type"] == "AUTOMATIC" and removed["trajectory"][-1]["action"] == "remove points"

@@ -72,7 +72,10 @@ class IbisAgentInfer(InferTask):
     """Infer task `ibisagent` (deepgrow type, so both clients' point tools offer it)."""
 
     def __init__(self, worker: AgentWorker, config: Dict[str, Any], labels: list, store):
-        super().__init__(type=InferType.DEEPGROW, labels=labels, dimension=2,
+        # dimension 3: Slicer then sends every point (with 2 it drops those off the current slice, which the
+        # volume session would read as removed, and refuses a request without points: no prompt-only pass)
+        # and replaces the whole segment with our label; OHIF replaces the whole volume (docs/monailabel.md).
+        super().__init__(type=InferType.DEEPGROW, labels=labels, dimension=3,
                          description="IBISAgent: a text request segments the slice; your clicks join the agent's",
                          config=config)
         self.worker = worker

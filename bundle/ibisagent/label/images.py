@@ -21,7 +21,7 @@ import numpy as np
 from ..imaging.orientation import IDENTITY, DisplayTransform
 from ..tools.base import Click
 
-__all__ = ["LabelImage", "LabelImageError", "SliceView", "open_label_image"]
+__all__ = ["LabelImage", "LabelImageError", "SliceView", "open_label_image", "write_series_nrrd"]
 
 _RASTER = (".png", ".jpg", ".jpeg")
 _NIFTI = (".nii", ".nii.gz")
@@ -258,24 +258,33 @@ class DicomSeriesImage(LabelImage):
         return SliceView(index, series.rgb, series.display, series.source, series.frame_index)
 
     def write_label(self, masks, out_path):
-        """NRRD in LPS (what OHIF's MONAI Label panel reads): x along rows of a slice, y down, z the sorted slices."""
-        import nrrd
-
         rows, cols = self.stored_shape
         label = np.zeros((cols, rows, self.slice_count), np.uint8)
         for index, mask in masks.items():
             label[:, :, index] = self.view(index).display.to_stored(mask).T
-        header = {"encoding": "gzip", "space": "left-posterior-superior"}
-        geometry = self.geometry
-        if geometry.orientation is not None and geometry.positions is not None and geometry.pixel_spacing:
-            row_dir, col_dir = np.asarray(geometry.orientation[:3]), np.asarray(geometry.orientation[3:])
-            between_rows, between_cols = geometry.pixel_spacing
-            step = geometry.slice_spacing or 1.0
-            header["space directions"] = np.stack([row_dir * between_cols, col_dir * between_rows,
-                                                   np.asarray(geometry.normal) * step])
-            header["space origin"] = np.asarray(geometry.positions[0], float)
-        nrrd.write(str(out_path), label, header)
-        return out_path
+        return write_series_nrrd(self.geometry, label, out_path)
+
+
+def write_series_nrrd(geometry, label: np.ndarray, out_path: Path) -> Path:
+    """A (column, row, slice) 0/1 label of a sorted DICOM series as NRRD in LPS (what OHIF's MONAI Label panel reads).
+
+    x runs along a slice's rows (the column index), y down its columns, z
+    through the slices sorted lowest first along the normal: the index order
+    Slicer, OHIF (cornerstone) and MONAI Label's own DICOM-to-NIfTI
+    conversion give a series, so the label lies on the image they show.
+    """
+    import nrrd
+
+    header = {"encoding": "gzip", "space": "left-posterior-superior"}
+    if geometry.orientation is not None and geometry.positions is not None and geometry.pixel_spacing:
+        row_dir, col_dir = np.asarray(geometry.orientation[:3]), np.asarray(geometry.orientation[3:])
+        between_rows, between_cols = geometry.pixel_spacing
+        step = geometry.slice_spacing or 1.0
+        header["space directions"] = np.stack([row_dir * between_cols, col_dir * between_rows,
+                                               np.asarray(geometry.normal) * step])
+        header["space origin"] = np.asarray(geometry.positions[0], float)
+    nrrd.write(str(out_path), np.ascontiguousarray(label, np.uint8), header)
+    return out_path
 
 
 def open_label_image(path: str | Path) -> LabelImage:

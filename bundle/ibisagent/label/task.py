@@ -10,9 +10,10 @@ clicks: each joins the session's clicks (origin recorded) and the tool
 updates the mask from all clicks and its previous logits; then the agent may
 continue for `agent_turns_after_user` turns. Points the client no longer
 sends were removed by the person: the slice is replayed without them. No
-click re-encodes the image. A NIfTI or npz volume goes through the volume
-room's `VolumeSession` instead (`label/volumes.py`): the agent's key slice is
-propagated through the volume and the person's points correct any slice.
+click re-encodes the image. A NIfTI or npz volume, or a DICOM series that
+forms a volume, goes through the volume room's `VolumeSession` instead
+(`label/volumes.py`): the agent's key slice is propagated through the volume,
+the person's points correct any slice, and the SEG covers the whole series.
 
 Every input problem is a `LabelRequestError` with an HTTP status and a
 message that names the field; the MONAI Label process turns it into the
@@ -204,11 +205,15 @@ class AgentLabelTask:
         path = Path(image_path).resolve() if str(image_path) else None
         if path is None or not path.exists() or not any(path.is_relative_to(root) for root in self.roots):
             raise LabelRequestError(f"unknown image {image_id!r}"[:200], 404)
-        if path.name.lower().endswith((".nii", ".nii.gz", ".npz")):
+        volume_note = None
+        if path.is_dir() or path.name.lower().endswith((".nii", ".nii.gz", ".npz")):
             from .volumes import is_volume_file
 
-            if is_volume_file(path):
-                return self._infer_volume(path, image_id, request, Path(out_dir), started)
+            if path.is_dir() or is_volume_file(path):
+                encoder_key, encoder = self._volume_encoder(path)
+                if not isinstance(encoder, str):
+                    return self._infer_volume(path, image_id, request, Path(out_dir), started, encoder_key, encoder)
+                volume_note = f"served slice by slice, not as a volume: {encoder}"[:300]
         image = self._image(path)
         by_slice = self._points_by_slice(image, request)
         target = self._target_slice(image, request, by_slice)
@@ -241,6 +246,8 @@ class AgentLabelTask:
                                        out_dir / f"label{image.label_suffix}")
         state = session.slices[target]
         result = self._result(session, image, target, state, request, encoded, encode_seconds, status)
+        if volume_note:
+            result["volume_note"] = volume_note
         if request.store_seg:
             result["seg_file"] = str(self._write_seg(image, target, state, request, result, out_dir))
         result["latency_ms"] = round(1000 * (time.perf_counter() - started), 2)
@@ -248,8 +255,13 @@ class AgentLabelTask:
 
     # ------------------------------------------------------------------ 3D (label/volumes.py)
 
-    def _volume_encoder(self, path: Path):
-        """The volume's `SliceEncoder`, shared by every client: each slice is encoded once."""
+    def _volume_encoder(self, path: Path) -> tuple[tuple, Any]:
+        """The volume's `SliceEncoder`, shared by every client: each slice is encoded once.
+
+        For a DICOM folder that is no volume (one slice, no geometry, a gap
+        between slices) the reason, as text: such a series is served slice
+        by slice. A volume file that cannot be read is a 422.
+        """
         from ..volume.slices import SliceEncoder
         from .volumes import open_volume
 
@@ -260,19 +272,23 @@ class AgentLabelTask:
             try:
                 encoder = SliceEncoder(self.tool, open_volume(path))
             except ValueError as error:
-                raise LabelRequestError(str(error), 422) from None
+                if not path.is_dir():
+                    raise LabelRequestError(str(error), 422) from None
+                encoder = str(error)
+                self.volumes.put(key, encoder, 1 << 10)
         return key, encoder
 
-    def _infer_volume(self, path: Path, image_id: str, request: _Request, out_dir: Path,
-                      started: float) -> tuple[Path, dict]:
+    def _infer_volume(self, path: Path, image_id: str, request: _Request, out_dir: Path, started: float,
+                      encoder_key: tuple, encoder) -> tuple[Path, dict]:
         from ..volume.key_slice import choose_key_slice
+        from ..volume.readers import DicomSource
         from ..volume.session import VolumeSession
         from .volumes import PERSON, VolumeLabelSession, VolumePoints, encoder_bytes, write_volume_label
 
-        if request.store_seg:
-            raise LabelRequestError("store_seg needs a DICOM image; this one is a volume file", 422)
-        encoder_key, encoder = self._volume_encoder(path)
         volume = encoder.volume
+        if request.store_seg and not isinstance(volume.source, DicomSource):
+            raise LabelRequestError("store_seg needs a DICOM series; this image is a volume file, with no instances "
+                                    "to reference", 422)
         if request.slice is not None and not 0 <= request.slice < volume.slice_count:
             raise LabelRequestError(f"slice {request.slice} is outside the volume (0..{volume.slice_count - 1})")
         grid = VolumePoints(volume)
@@ -322,7 +338,9 @@ class AgentLabelTask:
             status = agent_pass()
         sent = [(point, index, held.session.click_at(index, row, column, positive))
                 for point, (index, row, column), positive in voxels]
-        clicked = held.person_points(sent, rebuild)
+        after = self._policy(held.policy) if held.prompt else None  # also replays earlier groups' turns
+        clicked = held.person_points(sent, rebuild, agent_turns=request.turns_after_user, policy=after,
+                                     prompts=self.prompts)
         mask = held.session.mask()
         self.sessions.put(key, held, held.nbytes)
         self.volumes.put(encoder_key, encoder, encoder_bytes(encoder))
@@ -335,6 +353,7 @@ class AgentLabelTask:
         result = {
             "ibisagent": __version__, "model": "ibisagent", "label_names": {request.label: 1},
             "label_choice": request.label_choice.to_dict(), "dimension": 3, "image_kind": "volume",
+            "volume_source": type(volume.source).__name__.removesuffix("Source").lower(),
             "session": {**asdict(key), "requests": held.requests, "slices": held.session.reached},
             "key_slice": held.key_slice, "key_slice_choice": key_choice.record() if key_choice else None,
             "encoded": len(encoder.encoded) > encoded_before, "encoded_slices": encoder.encoded[encoded_before:],
@@ -342,10 +361,12 @@ class AgentLabelTask:
             "clicked_slices": clicked, "changed_slices": changed, "agent_status": status,
             "algorithm_type": "SEMIAUTOMATIC" if held.person_clicked else "AUTOMATIC",
             "mask_voxels": int(mask.sum()), "clicks": clicks,
+            "agent_turns_after_user": request.turns_after_user,
             "trajectory": held.events, "volume_session": held.session.trajectory(),
         }
-        if request.turns_after_user:
-            result["note"] = "agent_turns_after_user applies to 2D images; in a volume the person has the last word"
+        if request.store_seg:
+            result["seg_file"] = str(self._write_volume_seg(volume, mask, held.person_clicked, request, result,
+                                                            out_dir))
         result["latency_ms"] = round(1000 * (time.perf_counter() - started), 2)
         return label_path, result
 
@@ -491,8 +512,28 @@ class AgentLabelTask:
                                          human_clicked=state.person_clicked, trajectory=trajectory)
         except SegWriteError as error:
             raise LabelRequestError(f"the SEG could not be written: {error}", 422) from None
-        result["seg"] = {"sop_instance_uid": written.sop_instance_uid,
-                         "series_instance_uid": written.series_instance_uid,
-                         "codes": [f"{c.type.scheme_designator} {c.type.value} {c.type.meaning}"
-                                   for c in written.codes]}
+        result["seg"] = _seg_record(written)
         return written.path
+
+    def _write_volume_seg(self, volume, mask: np.ndarray, human_clicked: bool, request: _Request, result: dict,
+                          out_dir: Path) -> Path:
+        """The SEG over the whole series: a frame on every source slice the structure reaches."""
+        from ..dicom.seg_writer import SegWriteError
+        from .volumes import write_volume_seg
+
+        trajectory = {key: result[key] for key in ("session", "key_slice", "clicks", "trajectory", "algorithm_type",
+                                                   "volume_session")}
+        trajectory["prompt"] = request.prompt
+        trajectory["label_choice"] = request.label_choice.to_dict()
+        try:
+            written = write_volume_seg(volume, mask, request.label, human_clicked, trajectory, out_dir)
+        except SegWriteError as error:
+            raise LabelRequestError(f"the SEG could not be written: {error}", 422) from None
+        result["seg"] = _seg_record(written)
+        return written.path
+
+
+def _seg_record(written) -> dict:
+    """What the result JSON says about a SEG written (the app adds `stored` once the PACS took it)."""
+    return {"sop_instance_uid": written.sop_instance_uid, "series_instance_uid": written.series_instance_uid,
+            "codes": [f"{c.type.scheme_designator} {c.type.value} {c.type.meaning}" for c in written.codes]}

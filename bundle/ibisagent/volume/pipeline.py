@@ -38,7 +38,7 @@ from .readers import DicomSource, write_mask_nifti
 from .session import Directions, VolumeSession
 from .volume import Volume
 
-__all__ = ["VOLUME_FILES", "VolumeRun", "check_volume_folder", "is_volume_folder", "segment_volume"]
+__all__ = ["VOLUME_FILES", "VolumeRun", "check_volume_folder", "is_volume_folder", "segment_volume", "series_sources"]
 
 VOLUME_FILES = frozenset({"mask.nii.gz", "seg.dcm", "seg.json", "trajectory.json", "montage.png"})
 
@@ -132,7 +132,7 @@ def _write_outputs(out_dir: Path, volume: Volume, session: VolumeSession, mask: 
             from ..dicom.seg_writer import Segment, write_segments
 
             series = volume.source.series
-            sources, frames = _series_sources(series)
+            sources, frames = series_sources(series)
             write_segments(staging / "seg.dcm", sources, [Segment(label, mask, human_clicked=human_clicked)],
                            frame_indices=frames, trajectory=trajectory)
         write_montage(staging / "montage.png", volume, mask, session.key_slice)
@@ -141,7 +141,7 @@ def _write_outputs(out_dir: Path, volume: Volume, session: VolumeSession, mask: 
     return tuple(out_dir / name for name in names)
 
 
-def _series_sources(series) -> tuple[list, list[int] | None]:
+def series_sources(series) -> tuple[list, list[int] | None]:
     """The SEG writer's sources for a sorted series: its single-frame datasets, or one object and its frames."""
     if len(series.datasets) == series.slice_count:
         return list(series.datasets), None

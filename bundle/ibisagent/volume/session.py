@@ -18,7 +18,7 @@ component, and every component someone clicked into).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -120,13 +120,16 @@ class VolumeSession:
         return result
 
     # ------------------------------------------------------------------ corrections
-    def add_clicks(self, index: int, clicks: Sequence[Click], author: str = "user") -> Interaction:
+    def add_clicks(self, index: int, clicks: Sequence[Click], author: str = "user", *,
+                   then: Callable[[SliceState], SliceState] | None = None) -> Interaction:
         """Refine slice `index` with more clicks (all its clicks so far + these), then re-propagate from it.
 
         The slice's previous logits are the tool's `mask_input`, as in the
         agent's loop. Propagation outward stops where new masks agree with
         the old ones; where the structure now ends sooner, the slices beyond
         that nothing prompts any more are cleared (clicked slices are kept).
+        `then(state)` may refine the clicked slice further before propagation
+        (the agent continuing after a person's clicks: mixed initiative).
         """
         index = self.volume.check_slice(index)
         if not clicks:
@@ -144,6 +147,8 @@ class VolumeSession:
         previous = dict(self.states)
         self.states[index] = SliceState(index, output.mask, output.low_res_logits, output.iou, "clicks",
                                         clicks=authored, seconds=time.perf_counter() - tool_started)
+        if then is not None:
+            self.states[index] = then(self.states[index])
         if self.key_slice is None:
             self.key_slice = index  # clicks without an agent run: the first clicked slice is the key slice
         if self.on_slice:
