@@ -13,6 +13,7 @@ from test_triton import copy_models, start_server, triton_install  # noqa: E402,
 
 from ibisagent.serving.repository import SAM_MODELS, prepare_repository  # noqa: E402
 from ibisagent.stress.load import run_load  # noqa: E402
+from ibisagent.stress.run import StressSettings, pair_name, reference_pairs  # noqa: E402
 
 RESIDENT = 4  # embeddings the server keeps: fewer than the images, so sessions evict each other's
 
@@ -37,7 +38,7 @@ def load_pairs(real_pairs):
     pairs = []
     for pair in real_pairs[::2][:2 * RESIDENT]:  # one image per source, twice the cache
         image = read_image(pair.image).rgb
-        pairs.append((f"{pair.source}/{pair.image.name}", image, read_mask(pair.mask, image.shape[:2])))
+        pairs.append((pair_name(pair), image, read_mask(pair.mask, image.shape[:2])))
     return pairs
 
 
@@ -52,3 +53,22 @@ def test_concurrent_sessions_get_their_solo_masks_and_memory_stays_bounded(small
     assert report.resident_after == RESIDENT  # the cache evicted the least recently used, as documented
     rss = report.server_rss_mb
     assert rss["max"] - rss["after_solo_runs"] < 256, rss  # nothing piles up: the LRU holds 4 x 4 MiB
+
+
+def test_a_repeated_pair_name_is_refused_before_any_request():
+    """Runs are checked against the solo run of their name: two references under one name would compare one
+    target's runs with another's solo run (the long run's "2 of 8 sessions unlike their solo run" was that:
+    an ACDC slice and a BTCV slice each listed once per label, under the image's name alone)."""
+    import numpy as np
+
+    image, reference = np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool)
+    with pytest.raises(ValueError, match="repeated"):
+        run_load("127.0.0.1:1", [("a.png", image, reference), ("a.png", image, ~reference)], 1, seconds=1)
+
+
+def test_the_long_runs_images_have_a_name_each(med2d_manifest):
+    """The long run's selection (images of several targets give several pairs) names every pair apart."""
+    settings = StressSettings(shared_data=med2d_manifest.parents[1])
+    names = [name for name, _, _ in reference_pairs(settings, 80)]
+    assert len(names) == 80 and len(set(names)) == 80
+    assert any(name.startswith("acdc/") for name in names)

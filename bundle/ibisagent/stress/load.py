@@ -120,10 +120,17 @@ def run_load(server: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], sessi
              server_pid: int | None = None, timeout: float = 120.0) -> LoadReport:
     """`sessions` concurrent sessions for `seconds` over (name, image, reference) pairs on `server` (HOST:PORT).
 
+    Each name must be unique: a run is compared with the solo run of its name.
+
     With `server_pid`, the server's process-tree memory is sampled every 0.25 s.
     """
     if sessions < 1 or seconds <= 0 or not pairs:
         raise ValueError("sessions >= 1, seconds > 0 and at least one image are required")
+    names = [name for name, _, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # runs are checked against the solo run of their name: one name, one (image, reference)
+        raise ValueError(f"every pair needs a name of its own (an image with two references is two names): "
+                         f"{', '.join(repeated[:3])} repeated")
     report = LoadReport(sessions, seconds, len(pairs))
     lock = threading.Lock()
     rss: list[int] = []

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["SECTIONS", "StressSettings", "free_ports", "run_stress", "section_file"]
+__all__ = ["SECTIONS", "StressSettings", "free_ports", "pair_name", "reference_pairs", "run_stress", "section_file"]
 
 Progress = Callable[[str], None]
 
@@ -112,7 +112,12 @@ class _Servers:
             self.server.stop()
 
 
-def _pairs(settings: StressSettings, count: int) -> list[tuple[str, object, object]]:
+def pair_name(pair) -> str:
+    """A test pair's name in reports: source, image and label (images of several targets have several pairs)."""
+    return f"{pair.source}/{pair.image.name} ({pair.label})"
+
+
+def reference_pairs(settings: StressSettings, count: int) -> list[tuple[str, object, object]]:
     """`count` med2d test-split images with references, sources taken in turn."""
     from ..evaluation import read_manifest
     from ..imaging.io import read_image, read_mask
@@ -128,7 +133,7 @@ def _pairs(settings: StressSettings, count: int) -> list[tuple[str, object, obje
     loaded = []
     for pair in chosen[:count]:
         image = read_image(pair.image).rgb
-        loaded.append((f"{pair.source}/{pair.image.name}", image, read_mask(pair.mask, image.shape[:2])))
+        loaded.append((pair_name(pair), image, read_mask(pair.mask, image.shape[:2])))
     return loaded
 
 
@@ -157,7 +162,7 @@ def _dicom(settings: StressSettings, servers: _Servers, progress: Progress) -> d
 def _load(settings: StressSettings, servers: _Servers, progress: Progress) -> dict:
     from .load import run_load
 
-    pairs = _pairs(settings, settings.load_images)
+    pairs = reference_pairs(settings, settings.load_images)
     server = servers.triton()
     progress(f"load: {settings.load_sessions} sessions x {settings.load_seconds:.0f} s over {len(pairs)} images")
     report = run_load(server.grpc_url, pairs, settings.load_sessions, settings.load_seconds, server.process.pid)
@@ -241,7 +246,7 @@ def _disk(settings: StressSettings, servers: _Servers, progress: Progress) -> di
 def _sessions(settings: StressSettings, servers: _Servers, progress: Progress) -> dict:
     from .faults import frozen_server_mid_session, restarted_server_mid_session
 
-    name, image, reference = _pairs(settings, 1)[0]
+    name, image, reference = reference_pairs(settings, 1)[0]
     server = servers.triton()
     trials = [restarted_server_mid_session(server, image, reference),
               frozen_server_mid_session(server, image, reference)]
