@@ -85,3 +85,31 @@ def test_bundle_run_on_a_dicom_series_writes_a_seg(tmp_path):
 
     seg = next(out.glob("*/seg.dcm"))
     assert [s.label for s in list_segments(seg)] == ["liver"]
+
+
+def test_bundle_run_on_a_volume_writes_the_whole_structure(tmp_path):
+    """A volume item (an npz of ../shared/data/volumes, its own labels as the reference): the oracle on the key
+    slice, propagation, mask.nii.gz on the volume's grid, and the summary's score and key-slice confidence."""
+    import nibabel as nib
+    import numpy as np
+
+    from conftest import SHARED_DATA
+
+    volume = SHARED_DATA / "volumes" / "acdc" / "patient001_ED.npz"
+    if not volume.is_file():
+        pytest.skip(f"real volumes absent: {volume}")
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps([{"image": str(volume), "query": "Segment the left ventricle.",
+                                     "target": "heart ventricle left"}]))
+    out = tmp_path / "out"
+    done = bundle_run("--datalist", datalist, "--output_dir", out, "--policy", "oracle", "--max_turns", "5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    entry = json.loads((out / "summary.json").read_text())[0]
+    assert entry["status"] in ("terminated", "max_turns"), entry
+    assert entry["reference_dice"] > 0.5 and entry["mask_voxels"] > 0, entry
+    assert 0.0 <= entry["confidence"] <= 1.0 and isinstance(entry["unreliable"], bool), entry
+    folder = out / entry["output"]
+    assert {"mask.nii.gz", "trajectory.json", "montage.png"} <= {p.name for p in folder.iterdir()}
+    labels = np.load(volume)["labels"]
+    mask = np.asarray(nib.load(folder / "mask.nii.gz").dataobj)
+    assert mask.shape == labels.shape and int(mask.sum()) == entry["mask_voxels"]

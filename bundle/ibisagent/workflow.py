@@ -20,6 +20,9 @@ layout, `{"testing": [items]}`. Item fields:
   `key_slice` (default: the agent's sweep; the oracle's largest reference
   slice); `label` is then a label map on its grid (an npz's own labels by
   default) and `reference_label` (default `target`) the label taken from it.
+  Its summary entry's `confidence` and `unreliable` are those of the agent's
+  mask on the key slice (propagated slices carry the tool's predicted IoU in
+  trajectory.json).
 
 Relative paths are relative to the datalist file. Each item gets the folder
 `NNNN_<input name without its ending>` in the output folder, and
@@ -200,8 +203,9 @@ class AgentWorkflow:
                              max_turns=self.max_turns, metadata={"input": entry["image"], "policy": self.policy_name,
                                                                  "tool": self.tool.name})
         result = run.result
-        entry.update(status=result.status.value, clicks=len(result.clicks), key_slice=run.session.key_slice,
-                     mask_voxels=int(run.mask.sum()))
+        entry.update(status=result.status.value, unreliable=result.unreliable,  # both of the key slice's mask
+                     confidence=round(result.confidence.value, 4) if result.confidence else None,
+                     clicks=len(result.clicks), key_slice=run.session.key_slice, mask_voxels=int(run.mask.sum()))
         if run.reference_dice is not None:
             entry["reference_dice"] = round(run.reference_dice, 4)
         if not run.completed:

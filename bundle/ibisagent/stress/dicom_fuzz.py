@@ -2,8 +2,10 @@
 
 Each case (see `dicom_mutations.py`) goes through what the commands do with
 DICOM: `read_image` (`ibis segment FILE.dcm`), `read_series` (`ibis
-segment-dicom`) and, when the series reads, `write_segmentation` with a mask
-that is then read back. A case fails when an exception other than the
+segment-dicom`), for a series of several slices `volume_from_series` (`ibis
+segment-volume`, `segment-dicom --whole-series`: the 3D geometry, every slice
+shown, a mask taken back to the voxels) and, when the series reads,
+`write_segmentation` with a mask that is then read back. A case fails when an exception other than the
 refusals the CLI reports in one line (ValueError, OSError) escapes, a refusal
 spans several lines, the case takes longer than the time bound (a worker
 process is killed then), the worker dies (out of memory under its address
@@ -42,7 +44,7 @@ class CaseOutcome:
     index: int
     seed: str
     mutations: tuple[str, ...]
-    step: str  # read_image, read_series, write_seg, or "case" for hangs and crashes
+    step: str  # read_image, read_series, read_volume, write_seg, read_back, dciodvfy, or "case" (hangs, crashes)
     outcome: str  # result | refusal | failure
     detail: str  # one line: what happened (the refusal's message, the failure's cause)
 
@@ -118,6 +120,18 @@ def _check_rgb(rgb: np.ndarray) -> str | None:
     return None
 
 
+def _check_volume(volume) -> str | None:
+    """Every slice shows as a display image and a display-frame mask goes back to the voxels' shape."""
+    for index in range(volume.shape[0]):
+        if problem := _check_rgb(volume.slice_rgb(index)):
+            return f"slice {index}: {problem}"
+    shown = volume.slice_rgb(0).shape[:2]
+    back = volume.to_stored(np.ones((volume.shape[0], *shown), bool))
+    if back.shape != volume.shape:
+        return f"a display mask went back as {back.shape}, not the voxels' {volume.shape}"
+    return None
+
+
 def _dciodvfy_errors(tool: str, path: Path) -> list[str]:
     """dciodvfy's "Error" lines (its other lines may quote patient data)."""
     run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
@@ -128,6 +142,7 @@ def _run_case(paths: list[str], is_series: bool, out_dir: str, validator: str | 
     from ..dicom.seg_writer import segment_mask, write_segmentation
     from ..dicom.series import read_series
     from ..imaging.io import read_image
+    from ..volume.readers import volume_from_series
 
     outcomes: list[tuple[str, str, str]] = []
     messages: list[str] = []
@@ -149,6 +164,10 @@ def _run_case(paths: list[str], is_series: bool, out_dir: str, validator: str | 
             if series is not None and (problem := _check_rgb(series.rgb)):
                 outcomes[-1] = ("read_series", "failure", problem)
             elif series is not None:
+                if series.slice_count > 1:
+                    volume = _attempt("read_volume", lambda: volume_from_series(series), outcomes, messages)
+                    if volume is not None and (problem := _check_volume(volume)):
+                        outcomes[-1] = ("read_volume", "failure", problem)
                 rows, columns = int(series.source.Rows), int(series.source.Columns)
                 mask = np.zeros((rows, columns), bool)
                 mask[rows // 4: rows // 2 + 1, columns // 4: columns // 2 + 1] = True
@@ -190,6 +209,7 @@ def _worker(connection, memory_limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     from ..dicom import seg_writer, series  # noqa: F401 - imported before the first case's clock starts
     from ..imaging import io  # noqa: F401
+    from ..volume import readers  # noqa: F401
 
     connection.send("ready")
     while True:

@@ -34,7 +34,7 @@ def _dicom(section: dict) -> list[str]:
         return _failed(section)
     steps = section["steps"]
     outcome_rows = []
-    for step in ("read_image", "read_series", "write_seg", "read_back", "dciodvfy", "case"):
+    for step in ("read_image", "read_series", "read_volume", "write_seg", "read_back", "dciodvfy", "case"):
         counts = [steps.get(f"{step} {o}", 0) for o in ("result", "refusal", "failure")]
         if any(counts):
             outcome_rows.append([step, *counts])
