@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from label_client import get, infer, put_label
+from ibisagent.label.client import get, infer, put_label
 from PIL import Image
 from test_triton import free_ports
 

@@ -1,10 +1,14 @@
-"""Load, quick: concurrent sessions against a real Triton whose embedding cache is smaller than the image set.
+"""Load, quick: concurrent sessions against a real Triton whose embedding cache is smaller than the image set,
+and concurrent annotators on a real MONAI Label server.
 
 The long run (more sessions, minutes, the shipped cache size) is `ibis stress` (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient[grpc]) is not installed")
@@ -15,6 +19,7 @@ from ibisagent.serving.repository import SAM_MODELS, prepare_repository  # noqa:
 from ibisagent.stress.load import run_load  # noqa: E402
 from ibisagent.stress.run import StressSettings, pair_name, reference_pairs  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 RESIDENT = 4  # embeddings the server keeps: fewer than the images, so sessions evict each other's
 
 
@@ -72,3 +77,48 @@ def test_the_long_runs_images_have_a_name_each(med2d_manifest):
     names = [name for name, _, _ in reference_pairs(settings, 80)]
     assert len(names) == 80 and len(set(names)) == 80
     assert any(name.startswith("acdc/") for name in names)
+
+
+@pytest.fixture(scope="module")
+def label_server(tmp_path_factory, real_pairs):
+    """A real MONAI Label server with our app over three real 2D images (one target each)."""
+    import shutil
+
+    from ibisagent.label.environment import label_env_path
+    from ibisagent.label.server import LabelServer
+    from ibisagent.stress.run import free_ports
+
+    env = label_env_path(REPO / ".venv-label")
+    if not (env / "bin" / "monailabel").is_file():
+        pytest.skip(f"no MONAI Label environment at {env}: run `ibis label-serve --setup`")
+    studies = tmp_path_factory.mktemp("label-load") / "studies"
+    studies.mkdir()
+    chosen = list({pair.image: pair for pair in real_pairs[::4]}.values())[:3]
+    for pair in chosen:
+        shutil.copy(pair.image, studies / pair.image.name)
+    server = LabelServer(studies, tmp_path_factory.mktemp("app"), port=free_ports(1)[0], label_env=env,
+                         log=lambda line: None)
+    server.start(900)
+    yield server, chosen
+    server.stop()
+
+
+def test_concurrent_annotators_on_monai_label_get_their_solo_labels(label_server):
+    """Two annotators at once, each in its own sessions: every label equals the image's solo one and the person's
+    point encodes nothing again, whatever the other client did meanwhile."""
+    from ibisagent.clicks import next_click
+    from ibisagent.imaging.io import read_mask
+    from ibisagent.stress.label_load import LabelStudy, run_label_load
+
+    server, pairs = label_server
+    studies = []
+    for pair in pairs:
+        reference = read_mask(pair.mask)
+        click, _ = next_click(np.zeros_like(reference), reference)
+        point = (int(click.x * reference.shape[1]), int(click.y * reference.shape[0]))
+        studies.append(LabelStudy(pair.image.stem, f"Segment the {pair.label}.", point))
+    report = run_label_load(server.url, studies, sessions=2, seconds=30, server_pid=server.process.pid)
+    print(f"\n{report.runs} runs, latency {report.latency_ms} ms, server memory {report.server_rss_mb} MB")
+    assert report.errors == [] and report.mismatches == [] and report.runs >= 2
+    with pytest.raises(ValueError, match="image of its own"):
+        run_label_load(server.url, [studies[0], studies[0]], sessions=1, seconds=1)

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient[grpc]) is not installed")
 
 from conftest import SHARED_DATA  # noqa: E402
-from label_client import get  # noqa: E402
+from ibisagent.label.client import get  # noqa: E402
 from test_triton import (REPO, SERVER_ENV, copy_models, free_ports, start_server,  # noqa: E402,F401
                          tiny_qwen, triton_install)
 
@@ -141,7 +141,7 @@ def test_monai_label_listens_on_loopback_only(label_server):
 ])
 def test_monai_label_uploads_cannot_leave_the_studies_folder(label_server, image, filename, tag):
     """MONAI Label joins image ids and label tags to its folder as given: `../../escaped` wrote outside it."""
-    from label_client import put_image, put_label
+    from ibisagent.label.client import put_image, put_label
 
     server, studies = label_server
 
@@ -159,7 +159,7 @@ def test_monai_label_uploads_cannot_leave_the_studies_folder(label_server, image
 
 
 def test_monai_label_still_takes_plain_uploads(label_server):
-    from label_client import put_image, put_label
+    from ibisagent.label.client import put_image, put_label
 
     server, studies = label_server
     png = (studies / "ABD_035_51.png").read_bytes()

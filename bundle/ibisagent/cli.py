@@ -868,7 +868,7 @@ def _parser() -> argparse.ArgumentParser:
                         "file is there is not run again (a stopped run resumes)")
     stress.add_argument("--again", action="store_true", help="run the sections asked for even when done")
     stress.add_argument("--section", action="append", help="run only these sections (repeat): protocol, dicom, "
-                        "load, signals, kills, training, disk, sessions, security")
+                        "load, label_load, signals, kills, training, disk, sessions, security")
     stress.add_argument("--seed", type=int, default=22)
     stress.add_argument("--protocol-examples", type=int, default=2000, help="generated inputs per property")
     stress.add_argument("--dicom-cases", type=int, default=2000, help="mutated DICOM inputs")

@@ -78,6 +78,26 @@ def _load(section: dict) -> list[str]:
     return lines + ([""] if section["errors"] or section["mismatches"] else [])
 
 
+def _label_load(section: dict) -> list[str]:
+    if "error" in section:
+        return _failed(section)
+    rows = [[kind, v.get("n", 0), v.get("p50"), v.get("p90"), v.get("p99"), v.get("max")]
+            for kind, v in section["latency_ms"].items()]
+    rss = section["server_rss_mb"]
+    lines = [f"{section['sessions']} annotators at once for {section['seconds']} s over {section['studies']} real "
+             f"images on one MONAI Label server (each its own client_id; per image the agent's pass from the text "
+             f"prompt in a fresh session, then one point of the person's): {section['runs']} prompt + point pairs; "
+             f"{len(section['errors'])} lost, failed or re-encoded on a point, {len(section['mismatches'])} unlike "
+             f"their solo run.", ""]
+    lines += _table(["request", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
+    lines += [f"The server's memory (MONAI Label, the agent's worker, their children): {rss.get('before')} MB before, "
+              f"{rss.get('after_solo_runs')} MB after the solo runs, {rss.get('max')} MB at most during the load "
+              f"({section['rss_samples']} samples), {rss.get('end')} MB at the end.", ""]
+    for problem in (section["errors"] + section["mismatches"])[:10]:
+        lines.append(f"- {problem}")
+    return lines + ([""] if section["errors"] or section["mismatches"] else [])
+
+
 def _signals(section: dict) -> list[str]:
     if "error" in section:
         return _failed(section)
@@ -157,6 +177,7 @@ def _security(section: dict) -> list[str]:
 _SECTIONS = [("protocol", "Fuzzing: the action language, queries and prompt files", _protocol),
              ("dicom", "Fuzzing: DICOM mutations", _dicom),
              ("load", "Load: concurrent sessions against Triton", _load),
+             ("label_load", "Load: concurrent annotators on MONAI Label", _label_load),
              ("signals", "Faults: servers stopped by signals", _signals),
              ("kills", "Faults: SIGKILL while an output is written", _kills),
              ("training", "Faults: training killed, then resumed", _training),

@@ -12,6 +12,7 @@ environment, no data) records why.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import random
@@ -25,6 +26,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 __all__ = ["SECTIONS", "StressSettings", "free_ports", "pair_name", "reference_pairs", "run_stress", "section_file"]
 
@@ -47,8 +50,11 @@ class StressSettings:
     shared_data: Path = Path("../shared/data")
     server_env: Path | None = None
     label_env: Path | None = None
-    sections: tuple[str, ...] = ("protocol", "dicom", "load", "signals", "kills", "training", "disk", "sessions",
-                                 "security")
+    sections: tuple[str, ...] = ("protocol", "dicom", "load", "label_load", "signals", "kills", "training", "disk",
+                                 "sessions", "security")
+
+
+LABEL_LOAD_STUDIES = 8  # images the annotators go round on MONAI Label
 
 
 def free_ports(count: int) -> list[int]:
@@ -117,21 +123,29 @@ def pair_name(pair) -> str:
     return f"{pair.source}/{pair.image.name} ({pair.label})"
 
 
-def reference_pairs(settings: StressSettings, count: int) -> list[tuple[str, object, object]]:
-    """`count` med2d test-split images with references, sources taken in turn."""
+def _test_pairs(settings: StressSettings, one_per_image: bool = False):
+    """The med2d test split's pairs, sources taken in turn (optionally one target per image)."""
     from ..evaluation import read_manifest
-    from ..imaging.io import read_image, read_mask
 
     manifest = settings.shared_data / "med2d" / "manifest.csv"
     by_source: dict[str, list] = {}
+    images = set()
     for pair in sorted(read_manifest(manifest, "test"), key=lambda p: (p.source, str(p.image), p.label)):
-        by_source.setdefault(pair.source, []).append(pair)
-    chosen, position = [], 0
-    while len(chosen) < count and any(position < len(v) for v in by_source.values()):
-        chosen += [pairs[position] for pairs in by_source.values() if position < len(pairs)]
+        if not (one_per_image and pair.image in images):
+            images.add(pair.image)
+            by_source.setdefault(pair.source, []).append(pair)
+    position = 0
+    while any(position < len(v) for v in by_source.values()):
+        yield from (pairs[position] for pairs in by_source.values() if position < len(pairs))
         position += 1
+
+
+def reference_pairs(settings: StressSettings, count: int) -> list[tuple[str, object, object]]:
+    """`count` med2d test-split images with references (name, RGB, mask), sources taken in turn."""
+    from ..imaging.io import read_image, read_mask
+
     loaded = []
-    for pair in chosen[:count]:
+    for pair in itertools.islice(_test_pairs(settings), count):
         image = read_image(pair.image).rgb
         loaded.append((pair_name(pair), image, read_mask(pair.mask, image.shape[:2])))
     return loaded
@@ -167,6 +181,39 @@ def _load(settings: StressSettings, servers: _Servers, progress: Progress) -> di
     progress(f"load: {settings.load_sessions} sessions x {settings.load_seconds:.0f} s over {len(pairs)} images")
     report = run_load(server.grpc_url, pairs, settings.load_sessions, settings.load_seconds, server.process.pid)
     return {**asdict(report), "resident_capacity": 64}
+
+
+def _label_load(settings: StressSettings, servers: _Servers, progress: Progress) -> dict:
+    from ..clicks import next_click
+    from ..imaging.io import read_mask
+    from ..label.server import LabelServer
+    from .label_load import LabelStudy, run_label_load
+
+    label_env = _label_env(settings)
+    if label_env is None:
+        return {"error": "MONAI Label: no .venv-label here (ibis label-serve --setup)"}
+    with tempfile.TemporaryDirectory(prefix="ibis-stress-label-load-") as folder:
+        studies_dir = Path(folder) / "studies"
+        studies_dir.mkdir()
+        studies = []
+        for pair in itertools.islice(_test_pairs(settings, one_per_image=True), LABEL_LOAD_STUDIES):
+            name = f"{pair.source}_{pair.image.stem}"  # a session is (client, image, label): one target per image
+            shutil.copy(pair.image, studies_dir / f"{name}{pair.image.suffix}")
+            reference = read_mask(pair.mask)
+            click, _ = next_click(np.zeros_like(reference), reference)
+            point = (int(click.x * reference.shape[1]), int(click.y * reference.shape[0]))
+            studies.append(LabelStudy(name, f"Segment the {pair.label}.", point))
+        server = LabelServer(studies_dir, Path(folder) / "app", port=free_ports(1)[0], label_env=label_env,
+                             log=lambda line: None, conf={"tool": servers.tool_spec})
+        server.start(900)
+        try:
+            progress(f"label load: {settings.load_sessions} annotators x {settings.load_seconds:.0f} s over "
+                     f"{len(studies)} images")
+            report = run_label_load(server.url, studies, settings.load_sessions, settings.load_seconds,
+                                    server.process.pid)
+        finally:
+            server.stop()
+    return asdict(report)
 
 
 def _signals(settings: StressSettings, servers: _Servers, progress: Progress) -> dict:
@@ -288,7 +335,8 @@ def _security(settings: StressSettings, servers: _Servers, progress: Progress) -
     return {"binds": binds, "bounds": bounds, "canary": canary}
 
 
-SECTIONS = {"protocol": _protocol, "dicom": _dicom, "load": _load, "signals": _signals, "kills": _kills,
+SECTIONS = {"protocol": _protocol, "dicom": _dicom, "load": _load, "label_load": _label_load, "signals": _signals,
+            "kills": _kills,
             "training": _training, "disk": _disk, "sessions": _sessions, "security": _security}
 
 

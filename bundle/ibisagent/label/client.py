@@ -1,4 +1,8 @@
-"""A small MONAI Label REST client for the tests (standard library only): what Slicer and OHIF send."""
+"""A small MONAI Label REST client (standard library only) that sends what Slicer and OHIF send.
+
+The tests and `ibis stress`'s load on a MONAI Label server use it; it is not
+a client for people (they have Slicer and OHIF).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+
+__all__ = ["Answer", "get", "infer", "put_image", "put_label"]
 
 
 class Answer:
