@@ -77,6 +77,8 @@ def test_the_long_runs_images_have_a_name_each(med2d_manifest):
     names = [name for name, _, _ in reference_pairs(settings, 80)]
     assert len(names) == 80 and len(set(names)) == 80
     assert any(name.startswith("acdc/") for name in names)
+    images = {name.rpartition(" (")[0] for name, _, _ in reference_pairs(settings, 80, one_per_image=True)}
+    assert len(images) == 80  # more than the 64 embeddings the server keeps: the long run makes it evict
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ _MAX_TURNS = 5
 class LoadReport:
     sessions: int
     seconds: float  # the load phase's length
-    images: int
+    images: int  # distinct images (embeddings) among the pairs
     runs: int = 0
     mismatches: list[str] = field(default_factory=list)  # runs whose result differs from the solo run
     errors: list[str] = field(default_factory=list)  # requests that failed, and runs that did not complete
@@ -100,11 +100,18 @@ def _same(result: AgentResult, solo: AgentResult) -> str | None:
     return None
 
 
+def _keys(tool: TritonSamTool, images: list[np.ndarray]) -> set[str]:
+    """The server's keys of these images' embeddings (one per distinct image)."""
+    return {embedding_key(np.ascontiguousarray(tool.transform(image)[0], np.float32)) for image in images}
+
+
 def resident_count(tool: TritonSamTool, images: list[np.ndarray]) -> int:
-    """How many of these images' embeddings the server holds: a decode by key alone answers or says not resident."""
+    """How many of these images' embeddings the server holds: a decode by key alone answers or says not resident.
+
+    An image listed twice (two targets on one image) is one embedding, counted once.
+    """
     held = 0
-    for image in images:
-        key = embedding_key(np.ascontiguousarray(tool.transform(image)[0], np.float32))
+    for key in sorted(_keys(tool, images)):
         try:
             tool.caller.infer(tool.decoder_model, {"image_key": np.array([[key.encode()]], dtype=np.object_),
                                                    "point_coords": np.zeros((1, 1, 2), np.float32),
@@ -142,6 +149,7 @@ def run_load(server: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], sessi
 
     before = tree_rss(server_pid) if server_pid else 0
     solo_tool = TritonSamTool(server, timeout=timeout)
+    report.images = len(_keys(solo_tool, [image for _, image, _ in pairs]))
     solo = {name: _run(solo_tool, image, reference) for name, image, reference in pairs}  # also the warm-up
     warmed = tree_rss(server_pid) if server_pid else 0
     for name, result in solo.items():

@@ -140,12 +140,14 @@ def _test_pairs(settings: StressSettings, one_per_image: bool = False):
         position += 1
 
 
-def reference_pairs(settings: StressSettings, count: int) -> list[tuple[str, object, object]]:
-    """`count` med2d test-split images with references (name, RGB, mask), sources taken in turn."""
+def reference_pairs(settings: StressSettings, count: int,
+                    one_per_image: bool = False) -> list[tuple[str, object, object]]:
+    """`count` med2d test-split pairs with references (name, RGB, mask), sources taken in turn; with
+    `one_per_image`, `count` distinct images (the load needs more images than the server's cache holds)."""
     from ..imaging.io import read_image, read_mask
 
     loaded = []
-    for pair in itertools.islice(_test_pairs(settings), count):
+    for pair in itertools.islice(_test_pairs(settings, one_per_image), count):
         image = read_image(pair.image).rgb
         loaded.append((pair_name(pair), image, read_mask(pair.mask, image.shape[:2])))
     return loaded
@@ -176,7 +178,7 @@ def _dicom(settings: StressSettings, servers: _Servers, progress: Progress) -> d
 def _load(settings: StressSettings, servers: _Servers, progress: Progress) -> dict:
     from .load import run_load
 
-    pairs = reference_pairs(settings, settings.load_images)
+    pairs = reference_pairs(settings, settings.load_images, one_per_image=True)
     server = servers.triton()
     progress(f"load: {settings.load_sessions} sessions x {settings.load_seconds:.0f} s over {len(pairs)} images")
     report = run_load(server.grpc_url, pairs, settings.load_sessions, settings.load_seconds, server.process.pid)
