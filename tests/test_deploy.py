@@ -104,8 +104,8 @@ def test_the_selector_picked_the_head_series_and_the_seg_maps_onto_its_instances
     head = read_series(study / "head", slice_index=0)
     seg = hd.seg.segread(str(deployed / "seg.dcm"))
     referenced = {uids[2] for uids in seg.get_source_image_uids()}
-    head_uids = {str(d.SOPInstanceUID) for d in head.datasets}
-    assert referenced and referenced <= head_uids  # the head series, none of the abdominal slices
+    head_uids = [str(d.SOPInstanceUID) for d in head.datasets]  # sorted, as the run's slice indices
+    assert referenced and referenced <= set(head_uids)  # the head series, none of the abdominal slices
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == head.series_instance_uid
     assert [s.label for s in list_segments(seg)] == ["brain", "skull"]
     for item in seg.SegmentSequence:
@@ -116,14 +116,22 @@ def test_the_selector_picked_the_head_series_and_the_seg_maps_onto_its_instances
         assert "lite_policy.pt sha256:" in algorithm.AlgorithmParameters
         assert "lite_medsam_click_decoder.pt sha256:" in algorithm.AlgorithmParameters
     record = json.loads((deployed / "run.json").read_text())
-    key = read_series(study / "head", slice_index=record["key_slice"])
+    assert record["slice_count"] == head.slice_count == 28
+    assert record["encoded_slices"] <= head.slice_count  # one encoder for both targets: no slice twice
     for number, target in enumerate(record["targets"], 1):
-        mask = segment_mask(seg, key.sop_instance_uid, number)
-        assert mask.shape == key.source.pixel_array.shape
-        assert int(mask.sum()) == target["final_mask_area"]  # the agent's mask, on its source instance
+        assert 0 <= target["key_slice"] < head.slice_count
+        masks = {k: segment_mask(seg, uid, number) for k, uid in enumerate(head_uids) if uid in referenced}
+        assert all(mask.shape == head.volume.shape[1:] for mask in masks.values())
+        holding = sorted(k for k, mask in masks.items() if mask.any())
+        assert holding == target["mask_slices"]  # the whole-series mask, each plane on its own instance
+        assert sum(int(mask.sum()) for mask in masks.values()) == target["mask_voxels"]
+        if target["final_mask_area"]:
+            assert target["key_slice"] in holding and len(holding) > 1  # propagated beyond the key slice
 
 
-def test_the_report_holds_volume_reasoning_and_status_and_references_the_seg(deployed, study):
+def test_the_report_holds_volume_reasoning_status_and_confidence_and_references_the_seg(deployed, study):
+    from pydicom.sr.codedict import codes
+
     from ibisagent.dicom import read_series
     from ibisagent.dicom.sr_writer import read_report
 
@@ -132,7 +140,7 @@ def test_the_report_holds_volume_reasoning_and_status_and_references_the_seg(dep
     assert sr.SOPClassUID == Comprehensive3DSRStorage
     assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
     record = json.loads((deployed / "run.json").read_text())
-    head = read_series(study / "head", slice_index=record["key_slice"])
+    head = read_series(study / "head", slice_index=0)
     voxel_ml = head.geometry.pixel_spacing[0] * head.geometry.pixel_spacing[1] * head.geometry.slice_spacing / 1000
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == 2
@@ -145,13 +153,18 @@ def test_the_report_holds_volume_reasoning_and_status_and_references_the_seg(dep
         assert sources and sources <= head_uids
         (volume,) = group.get_measurements()
         assert volume.unit.value == "ml"
-        assert volume.value == pytest.approx(target["final_mask_area"] * voxel_ml, abs=1e-3)
+        assert volume.value == pytest.approx(target["mask_voxels"] * voxel_ml, abs=1e-3)  # the whole series
         texts = {item.ConceptNameCodeSequence[0].CodeMeaning: str(item.TextValue)
                  for item in group[0].ContentSequence if item.ValueType == "TEXT"}
         thinks = [turn["think"] for turn in target["turns"] if turn["think"]]
         assert thinks and all(think.strip() in texts["Agent reasoning"] for think in thinks)
         assert texts["Agent run status"] == target["status"]
         assert texts["Clinician request"] == target["query"]
+        assert f"key slice {target['key_slice'] + 1} " in texts["Segmented extent"]
+        assert f"{target['confidence']['value']:.3f}" in texts["Agent confidence"]
+        evaluations = group.get_qualitative_evaluations()
+        (evaluation,) = [e for e in evaluations if e.name.meaning == "Unreliable result"]
+        assert evaluation.value == (codes.SCT.Yes if target["unreliable"] else codes.SCT.No)
     evidence = {item.SeriesInstanceUID for study_item in sr.CurrentRequestedProcedureEvidenceSequence
                 for item in study_item.ReferencedSeriesSequence}
     assert evidence == {seg.SeriesInstanceUID, head.series_instance_uid}
@@ -178,6 +191,40 @@ def test_a_run_the_agent_fails_writes_nothing(sdk, study, agent_parts, tmp_path)
     with pytest.raises(DeployError, match="target 'brain': the agent's run ended with invalid_output"):
         _run(sdk, study, out, agent_parts, policy=garbage)
     assert list(out.iterdir()) == []
+
+
+def test_a_series_with_a_missing_slice_is_refused_before_the_agent_runs(study, agent_parts, tmp_path):
+    from ibisagent.deploy import DeployError
+    from ibisagent.deploy.config import Target
+    from ibisagent.deploy.study import segment_series
+    from ibisagent.dicom import read_series
+
+    files = list(read_series(study / "head", slice_index=0).files)
+    del files[len(files) // 2]
+    tool, policy = agent_parts
+    with pytest.raises(DeployError, match="the slice spacing is uneven .a slice is probably missing."):
+        segment_series(files, [Target("brain", "Segment the brain.")], tool, policy)
+
+
+def test_a_series_of_one_image_is_segmented_on_that_image(study, agent_parts, tmp_path, dciodvfy):
+    """A rule may select a single image (a radiograph, one slice): the SEG holds its one frame."""
+    import highdicom as hd
+
+    from ibisagent.deploy.config import Target
+    from ibisagent.deploy.study import segment_series, write_study
+    from ibisagent.dicom import read_series, segment_mask
+
+    one = read_series(study / "ct3", slice_index=1).files[1]
+    tool, policy = agent_parts
+    result = segment_series([one], [Target("liver", "Segment the liver.")], tool, policy)
+    write_study(tmp_path / "out", result)
+    assert dciodvfy_errors(dciodvfy, tmp_path / "out" / "seg.dcm") == []
+    assert dciodvfy_errors(dciodvfy, tmp_path / "out" / "sr.dcm") == []
+    (target,) = json.loads((tmp_path / "out" / "run.json").read_text())["targets"]
+    seg = hd.seg.segread(str(tmp_path / "out" / "seg.dcm"))
+    mask = segment_mask(seg, str(pydicom.dcmread(one, stop_before_pixels=True).SOPInstanceUID), 1)
+    assert int(mask.sum()) == target["mask_voxels"] == target["final_mask_area"]
+    assert target["key_slice_from"] == "the only image"
 
 
 @contextlib.contextmanager

@@ -103,6 +103,9 @@ _TABLE: dict[str, tuple[Code, Code, Code | None]] = {
     "enhancing brain tumor": (_ABNORMAL, codes.cid7159.Neoplasm, None),
     # Microscopy: the cell nucleus (SNOMED CT 84640000, a cell structure).
     "cell nuclei": (_ANATOMY, codes.SCT.Nucleus, None),
+    # The head (the deploy app's default example targets on a head CT).
+    "brain": (_ANATOMY, _TYPES.Brain, None),
+    "skull": (_ANATOMY, _TYPES.Skull, None),
     # Head-and-neck organs at risk (OpenKBP).
     "brainstem": (_ANATOMY, _TYPES.BrainStem, None),
     "spinal cord": (_ANATOMY, _TYPES.SpinalCord, None),

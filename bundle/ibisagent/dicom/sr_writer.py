@@ -3,7 +3,10 @@
 One measurement group (TID 1411, volumetric ROI) per SEG segment: it
 references the segment and the source series, carries the segment's codes
 as the finding, its volume in ml, and, as TEXT items, what was asked, the
-agent's reasoning and how its run ended. highdicom's qualitative
+agent's reasoning, how its run ended and how sure it is of the mask
+(a TEXT item with the score, and a coded qualitative evaluation "Unreliable
+result" answered SNOMED CT Yes or No, so a reader can filter on it without
+parsing text). highdicom's qualitative
 evaluations take coded answers only; TID 1411 also allows coded questions
 with text answers, which is what the agent's free text is. Those questions
 use the private coding scheme `99IBISAGENT` (declared in the SR), because
@@ -37,7 +40,9 @@ _TEXT_CONCEPTS = {  # field of TargetFinding -> (code value, code meaning) in AG
     "reasoning": ("IBIS002", "Agent reasoning"),
     "status": ("IBIS003", "Agent run status"),
     "extent": ("IBIS004", "Segmented extent"),
+    "confidence_text": ("IBIS005", "Agent confidence"),
 }
+_UNRELIABLE = ("IBIS006", "Unreliable result")  # coded question, answered SCT Yes / No
 
 
 class ReportWriteError(DerivedObjectError):
@@ -54,6 +59,23 @@ class TargetFinding:
     status: str  # how the run ended: "terminated", "max_turns", ...
     volume_ml: float
     extent: str = ""  # which part of the series holds the segment, e.g. "slices 3-17 of 28"
+    confidence: float | None = None  # the run's confidence in its mask, in [0, 1] (confidence.py)
+    confidence_threshold: float | None = None  # below it the result is unreliable
+    confidence_source: str = ""  # what estimated it ("tool", "lite")
+
+    @property
+    def unreliable(self) -> bool | None:
+        if self.confidence is None or self.confidence_threshold is None:
+            return None
+        return self.confidence < self.confidence_threshold
+
+    @property
+    def confidence_text(self) -> str:
+        if self.confidence is None:
+            return ""
+        verdict = "unreliable: check the mask" if self.unreliable else "at or above it"
+        return (f"{self.confidence:.3f} ({self.confidence_source or 'unknown'} estimate); threshold "
+                f"{self.confidence_threshold:.3f}: {verdict}")
 
 
 def _concept(field: str):
@@ -61,6 +83,17 @@ def _concept(field: str):
 
     value, meaning = _TEXT_CONCEPTS[field]
     return hd.sr.CodedConcept(value, AGENT_SCHEME, meaning)
+
+
+def _reliability(finding: TargetFinding) -> list:
+    """The coded "Unreliable result" evaluation (none when the run has no confidence)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if finding.unreliable is None:
+        return []
+    question = hd.sr.CodedConcept(_UNRELIABLE[0], AGENT_SCHEME, _UNRELIABLE[1])
+    return [hd.sr.QualitativeEvaluation(question, codes.SCT.Yes if finding.unreliable else codes.SCT.No)]
 
 
 def _device_uid() -> str:
@@ -75,6 +108,8 @@ def _group(seg: Dataset, finding: TargetFinding, parameters: Mapping[str, str]):
     segments = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
     if finding.segment_number not in segments:
         raise ReportWriteError(f"no segment {finding.segment_number} in the SEG; it has {sorted(segments)}")
+    if finding.confidence is not None and not (0.0 <= finding.confidence <= 1.0):
+        raise ReportWriteError(f"segment {finding.segment_number}: confidence {finding.confidence!r} is not in [0, 1]")
     if not finding.volume_ml >= 0:
         raise ReportWriteError(f"segment {finding.segment_number}: volume {finding.volume_ml!r} ml is not a volume")
     item = segments[finding.segment_number]
@@ -90,9 +125,10 @@ def _group(seg: Dataset, finding: TargetFinding, parameters: Mapping[str, str]):
                                                      identifier=f"{label} #{finding.segment_number}"[:64]),
         referenced_segment=hd.sr.ReferencedSegment.from_segmentation(_segments_per_frame(seg),
                                                                      finding.segment_number),
-        finding_type=finding_type, finding_category=category, algorithm_id=algorithm, measurements=[volume])
+        finding_type=finding_type, finding_category=category, algorithm_id=algorithm, measurements=[volume],
+        qualitative_evaluations=_reliability(finding) or None)
     container = group[0]
-    for field in ("query", "reasoning", "status", "extent"):
+    for field in ("query", "reasoning", "status", "extent", "confidence_text"):
         text = str(getattr(finding, field) or "").strip()
         if text:
             container.ContentSequence.append(hd.sr.TextContentItem(_concept(field), text, "CONTAINS"))
