@@ -337,6 +337,36 @@ def pacs_result(pacs_server):
     return series, json.loads(parts["params"]), parts["image"]
 
 
+def test_next_sample_from_the_pacs_is_a_file_slicer_can_load(pacs_server, tmp_path):
+    """Slicer's Next Sample on a DICOMweb datastore: the sample names an NRRD file, and `GET /datastore/image`
+    serves it (MONAI Label's own download answers 404 for a series kept as DICOM) with the series' values on
+    the grid of the labels the task returns. Runs before the round trip stores a SEG (the series is then
+    labelled, and the random strategy picks only unlabelled series)."""
+    import urllib.parse
+
+    import nrrd
+
+    from ibisagent.dicom.series import read_series
+    from ibisagent.label.client import next_sample
+
+    series = read_series(CT_SLICES, slice_index=0)
+    answer = next_sample(pacs_server.url)
+    assert answer.status == 200, answer.body[:300]
+    sample = answer.json()
+    assert sample["id"] == series.series_instance_uid
+    assert sample["name"] == f"{sample['id']}.nrrd" and sample["path"].endswith(".nrrd")  # Slicer reads by extension
+    download = get(pacs_server.url, f"/datastore/image?{urllib.parse.urlencode({'image': sample['id']})}")
+    assert download.status == 200, download.body[:300]
+    (tmp_path / "image.nrrd").write_bytes(download.body)
+    values, header = nrrd.read(str(tmp_path / "image.nrrd"))
+    assert header["space"] == "left-posterior-superior" and values.shape == (512, 512, 3)
+    assert np.array_equal(values.transpose(2, 1, 0), series.volume)  # modality values, (slice, row, column)
+    for k, dataset in enumerate(series.datasets):
+        position = header["space origin"] + k * header["space directions"][2]
+        assert np.allclose(position, [float(v) for v in dataset.ImagePositionPatient], atol=1e-3)
+    assert get(pacs_server.url, "/datastore/image?image=1.2.3.4.5").status == 404  # no such series in the PACS
+
+
 def test_orthanc_round_trip_stores_our_seg_and_reads_it_back(pacs_result, orthanc, tmp_path):
     """A series in Orthanc segmented in 3D through MONAI Label: the label is the in-process volume session's,
     voxel for voxel, on the series' grid; our SEG over the series stored back (STOW), read back (WADO), valid."""

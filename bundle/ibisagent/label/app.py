@@ -158,6 +158,40 @@ class IbisAgentApp(MONAILabelApp):
         except Exception as error:  # the PACS refused or is unreachable: the client is told, the mask stays
             raise HTTPException(status_code=502, detail=f"the PACS did not store the SEG: {type(error).__name__}")
 
+    def series_image(self, image_id: str) -> str | None:
+        """With a DICOMweb datastore, the series as one NRRD file (what `GET /datastore/image` serves); else None.
+
+        The datastore keeps a series as its DICOM folder (our SEG references the
+        instances), which MONAI Label's download cannot serve: Slicer's Next
+        Sample got a 404. The worker converts the folder once (`label/images.py`).
+        """
+        if not self._dicomweb:
+            return None
+        if not isinstance(image_id, str) or not _IMAGE_ID.match(image_id):
+            raise HTTPException(status_code=404, detail=f"unknown image {str(image_id)[:100]!r}")
+        try:
+            folder = self.datastore().get_image_uri(image_id)
+        except Exception:  # the PACS has no such series (MONAI Label raises an IndexError)
+            folder = ""
+        if not folder:
+            raise HTTPException(status_code=404, detail=f"unknown image {image_id!r}")
+        try:
+            answer = self.worker.call({"op": "series_image", "image": folder, "image_id": image_id})
+        except WorkerError as error:
+            raise HTTPException(status_code=503, detail=str(error)) from None
+        if not answer.get("ok"):
+            raise HTTPException(status_code=int(answer.get("status", 500)), detail=answer.get("error", "failed"))
+        return answer["path"]
+
+    def next_sample(self, request):
+        """MONAI Label's next sample; with a DICOMweb datastore its `path` and `name` are the series' NRRD file,
+        so Slicer loads (or downloads under that name) a file it can read."""
+        sample = super().next_sample(request)
+        if self._dicomweb and sample.get("id"):
+            path = self.series_image(sample["id"])
+            sample = {**sample, "path": path, "name": f"{sample['id']}.nrrd"}
+        return sample
+
     def init_infers(self) -> Dict[str, InferTask]:
         labels = list(self.agent["labels"])
         store = self._store_seg if self._dicomweb else None

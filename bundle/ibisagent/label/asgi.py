@@ -1,8 +1,11 @@
-"""MONAI Label's web app with two guards, served by `monailabel start_server --uvicorn_app` (ibis label-serve).
+"""MONAI Label's web app with two guards and one download, served by `monailabel start_server --uvicorn_app`.
 
 MONAI Label answers a `params` field that is not JSON with a server error and
 reads request bodies of any size; here the first is a 400 and bodies above a
-bound are refused (413) before they are read. Runs in the MONAI Label process.
+bound are refused (413) before they are read. `GET /datastore/image` of a
+DICOMweb datastore serves the series as one NRRD file (`IbisAgentApp.series_image`),
+where MONAI Label's own answers 404 for a series kept as DICOM; every other
+image is MONAI Label's answer. Runs in the MONAI Label process (ibis label-serve).
 """
 
 from __future__ import annotations
@@ -10,8 +13,13 @@ from __future__ import annotations
 import json
 import os
 
-from fastapi.responses import JSONResponse
+from fastapi import Depends
+from fastapi.responses import FileResponse, JSONResponse
 from monailabel.app import app
+from monailabel.config import settings
+from monailabel.endpoints.datastore import download_image
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.utils.app import app_instance
 
 __all__ = ["app"]
 
@@ -42,5 +50,16 @@ class BodyLimit:
         await self.asgi(scope, receive, send)
 
 
+async def _download_image(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    series_image = getattr(app_instance(), "series_image", None)
+    path = series_image(image) if series_image else None
+    if path is None:
+        return download_image(image)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{image}.nrrd")
+
+
+app.add_api_route(f"{settings.MONAI_LABEL_API_STR}/datastore/image", _download_image, methods=["GET"],
+                  summary="Download Image (a DICOMweb series as NRRD)")
+app.router.routes.insert(0, app.router.routes.pop())  # before MONAI Label's own route for the path
 app.add_exception_handler(json.JSONDecodeError, _not_json)
 app.add_middleware(BodyLimit)

@@ -69,6 +69,13 @@ def get(url: str, path: str, timeout: float = 60) -> Answer:
     return _send(urllib.request.Request(f"{url}{path}"), timeout)
 
 
+def next_sample(url: str, strategy: str = "random", timeout: float = 300) -> Answer:
+    """Slicer's *Next Sample*: the active-learning strategy's pick (`id`, `path`, `name`)."""
+    request = urllib.request.Request(f"{url}/activelearning/{urllib.parse.quote(strategy)}", data=b"{}",
+                                     method="POST", headers={"Content-Type": "application/json"})
+    return _send(request, timeout)
+
+
 def put_label(url: str, image: str, label: bytes, filename: str, tag: str = "final", timeout: float = 60) -> Answer:
     query = urllib.parse.urlencode({"image": image, "tag": tag})
     body, content_type = _multipart({"params": "{}"}, {"label": (filename, label)})

@@ -21,7 +21,8 @@ import numpy as np
 from ..imaging.orientation import IDENTITY, DisplayTransform
 from ..tools.base import Click
 
-__all__ = ["LabelImage", "LabelImageError", "SliceView", "open_label_image", "write_series_nrrd"]
+__all__ = ["LabelImage", "LabelImageError", "SliceView", "open_label_image", "write_series_image_nrrd",
+           "write_series_nrrd"]
 
 _RASTER = (".png", ".jpg", ".jpeg")
 _NIFTI = (".nii", ".nii.gz")
@@ -265,7 +266,7 @@ class DicomSeriesImage(LabelImage):
         return write_series_nrrd(self.geometry, label, out_path)
 
 
-def write_series_nrrd(geometry, label: np.ndarray, out_path: Path) -> Path:
+def write_series_nrrd(geometry, label: np.ndarray, out_path: Path, dtype=np.uint8) -> Path:
     """A (column, row, slice) 0/1 label of a sorted DICOM series as NRRD in LPS (what OHIF's MONAI Label panel reads).
 
     x runs along a slice's rows (the column index), y down its columns, z
@@ -283,7 +284,31 @@ def write_series_nrrd(geometry, label: np.ndarray, out_path: Path) -> Path:
         header["space directions"] = np.stack([row_dir * between_cols, col_dir * between_rows,
                                                np.asarray(geometry.normal) * step])
         header["space origin"] = np.asarray(geometry.positions[0], float)
-    nrrd.write(str(out_path), np.ascontiguousarray(label, np.uint8), header)
+    nrrd.write(str(out_path), np.ascontiguousarray(label, dtype), header)
+    return out_path
+
+
+def write_series_image_nrrd(folder: Path, out_path: Path) -> Path:
+    """A DICOM series folder as one NRRD image (modality values) on the grid of its NRRD labels.
+
+    What a client that loads files, not DICOM, downloads: Slicer's *Next
+    Sample* fetches `GET /datastore/image` and loads the file by its
+    extension; the labels the task returns for the series then lie on it.
+    Integral values (CT, most MR) are stored as int16 when they fit, others
+    as float32. Written to a temporary name and renamed (atomic).
+    """
+    from ..dicom.series import read_series
+
+    series = read_series(folder, slice_index=0)
+    if series.volume.ndim != 3:
+        raise LabelImageError(f"{folder.name}: a colour series has no single-channel volume to download")
+    values = series.volume
+    integral = np.array_equal(values, np.round(values))
+    fits = values.size and values.min() >= np.iinfo(np.int16).min and values.max() <= np.iinfo(np.int16).max
+    temporary = out_path.with_name(f".{out_path.name}.partial")
+    write_series_nrrd(series.geometry, values.transpose(2, 1, 0), temporary,
+                      np.int16 if integral and fits else np.float32)
+    temporary.replace(out_path)
     return out_path
 
 

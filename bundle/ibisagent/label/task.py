@@ -196,6 +196,30 @@ class AgentLabelTask:
             self._policies[name] = self._build_policy(name)
         return self._policies[name]
 
+    # ------------------------------------------------------------------ downloads
+
+    def series_image(self, image_path: str | Path, image_id: str, out_root: Path) -> Path:
+        """The NRRD image of a DICOM series folder of the datastore (made once per folder state, then kept)."""
+        import hashlib
+
+        from .images import write_series_image_nrrd
+
+        path = Path(image_path).resolve() if str(image_path) else None
+        if path is None or not path.is_dir() or not any(path.is_relative_to(root) for root in self.roots) \
+                or not any(path.iterdir()):
+            raise LabelRequestError(f"unknown series {image_id!r}"[:200], 404)
+        state = sorted((item.name, item.stat().st_size, item.stat().st_mtime_ns) for item in path.iterdir())
+        key = hashlib.sha256(repr((str(path), state)).encode()).hexdigest()[:24]
+        out_dir = out_root / "series-images"
+        out_dir.mkdir(exist_ok=True)
+        out_path = out_dir / f"{key}.nrrd"
+        if not out_path.is_file():
+            try:
+                write_series_image_nrrd(path, out_path)
+            except ValueError as error:  # DicomSeriesError, LabelImageError: the series cannot be one image
+                raise LabelRequestError(str(error)[:300], 422) from None
+        return out_path
+
     # ------------------------------------------------------------------ one request
 
     def infer(self, image_path: str | Path, image_id: str, params: dict, out_dir: str | Path) -> tuple[Path, dict]:

@@ -142,6 +142,12 @@ def _describe(task) -> dict[str, Any]:
 def _answer(task, message: dict[str, Any], out_root: Path) -> dict[str, Any]:
     from .task import LabelRequestError
 
+    if message.get("op") == "series_image":
+        try:
+            path = task.series_image(message.get("image") or "", str(message.get("image_id") or ""), out_root)
+        except LabelRequestError as error:
+            return {"ok": False, "status": error.status, "error": str(error)}
+        return {"ok": True, "path": str(path)}
     if message.get("op") != "infer":
         return {"ok": False, "status": 400, "error": f"unknown operation {message.get('op')!r}"}
     out_dir = Path(tempfile.mkdtemp(prefix="request-", dir=out_root))
