@@ -339,6 +339,11 @@ def test_evaluate_volumes_scores_every_strategy_on_one_key_slice_and_resumes(spl
     assert row["final"]["hd95"] >= 0.0
     again = evaluate_volumes(items, encoder.tool, makers, max_turns=5, cache_dir=cache, records_path=records_path)
     assert again["oracle"] == [row] and len(records_path.read_text().splitlines()) == 1  # resumed, not rerun
+    assert row["window"]["name"] == volume.window.name  # the display is part of the measurement
+    from ibisagent.volume.evaluation import _row_key
+    for other in ({**row, "window": {**row["window"], "name": "as stored"}}, {k: v for k, v in row.items()
+                                                                              if k != "window"}):
+        assert _row_key(other) != _row_key(row)  # a row shown otherwise (or before windows were kept) reruns
     summary = summarise_volumes(rows["oracle"])
     assert summary["overall"]["dice_at"] == summary["by_source"]["msd-spleen"]["dice_at"]
     table = markdown_tables(summary)

@@ -182,9 +182,11 @@ def _records_done(path: Path | None) -> dict[tuple, dict]:
 
 
 def _row_key(record: dict) -> tuple:
-    """What makes two rows the same measurement: a row run with other settings or turns is run again."""
+    """What makes two rows the same measurement: a row run with other settings, turns or display window (rows
+    from before the window was recorded have none) is run again."""
     return (record["file"], record["label"], record["policy"], record["tool"],
-            json.dumps(record.get("settings"), sort_keys=True), record.get("max_turns"))
+            json.dumps(record.get("settings"), sort_keys=True), record.get("max_turns"),
+            json.dumps(record.get("window"), sort_keys=True))
 
 
 def _append(path: Path | None, record: dict) -> None:
@@ -214,17 +216,22 @@ def evaluate_volumes(items: list[VolumeItem], tool: SegmentationTool, make_polic
     records: dict[str, list[dict]] = {name: [] for name in make_policies}
     current_file, volume, labels, encoder = None, None, None, None
     for number, (item, label_id, name) in enumerate(rows, start=1):
+        if current_file != item.file:  # read first: the display window is part of what a row measured
+            volume = read_volume(item.file, modality=item.modality)
+            labels, encoder = None, SliceEncoder(tool, volume, cache_dir)
+            current_file = item.file
+        window = {"name": volume.window.name, "center": round(volume.window.center, 3),
+                  "width": round(volume.window.width, 3)}
         for policy_name, make_policy in make_policies.items():
             base = {"file": item.file.name, "source": item.source, "case": item.case, "label": name,
-                    "policy": policy_name, "tool": tool_name, "settings": asdict(settings), "max_turns": max_turns}
+                    "policy": policy_name, "tool": tool_name, "settings": asdict(settings), "max_turns": max_turns,
+                    "window": window}
             key = _row_key(base)
             if key in done:
                 records[policy_name].append(done[key])
                 continue
-            if current_file != item.file:
-                volume = read_volume(item.file, modality=item.modality)
-                labels, encoder = read_label_map(volume), SliceEncoder(tool, volume, cache_dir)
-                current_file = item.file
+            if labels is None:
+                labels = read_label_map(volume)
             target = labels.mask(label_id)
             query = choose_query(Pair(item.file, item.file, name, item.source, item.case), queries, query_kind) \
                 or f"Segment the {name}."
