@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..label.client import infer
-from .load import percentiles
+from .load import percentiles, run_sessions, server_memory_mb
 from .processes import tree_rss
 
 __all__ = ["LabelLoadReport", "LabelStudy", "run_label_load"]
@@ -105,13 +105,7 @@ def run_label_load(url: str, studies: list[LabelStudy], sessions: int, seconds: 
     warmed = tree_rss(server_pid) if server_pid else 0
     lock = threading.Lock()
     times: dict[str, list[float]] = {"prompt": [], "point": []}
-    rss: list[int] = []
-    sampling = threading.Event()
     deadline = time.monotonic() + seconds
-
-    def sample() -> None:
-        while not sampling.wait(0.25):
-            rss.append(tree_rss(server_pid))
 
     def session(number: int) -> None:
         position = number
@@ -135,23 +129,9 @@ def run_label_load(url: str, studies: list[LabelStudy], sessions: int, seconds: 
                 if problem:
                     report.mismatches.append(f"session {number}, {study.image_id}: {problem}")
 
-    sampler = threading.Thread(target=sample, daemon=True) if server_pid else None
-    if sampler:
-        sampler.start()
-    started = time.monotonic()
-    threads = [threading.Thread(target=session, args=(n,), name=f"label-session-{n}") for n in range(sessions)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    report.seconds = round(time.monotonic() - started, 1)
-    sampling.set()
-    if sampler:
-        sampler.join()
+    report.seconds, rss = run_sessions(session, sessions, server_pid, "label-session")
     report.latency_ms = {kind: percentiles(values) for kind, values in times.items()}
     if server_pid:
-        mb = 1 / 2**20
-        report.server_rss_mb = {"before": round(before * mb), "after_solo_runs": round(warmed * mb),
-                                "max": round(max(rss, default=warmed) * mb), "end": round(tree_rss(server_pid) * mb)}
+        report.server_rss_mb = server_memory_mb(server_pid, before, warmed, rss)
         report.rss_samples = len(rss)
     return report

@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..serving.grpc_client import ServerError
 from ..serving.triton_tool import NOT_RESIDENT, TritonSamTool, embedding_key
 from .processes import tree_rss
 
-__all__ = ["LoadReport", "percentiles", "resident_count", "run_load"]
+__all__ = ["LoadReport", "percentiles", "resident_count", "run_load", "run_sessions", "server_memory_mb"]
 
 _MAX_TURNS = 5
 
@@ -123,6 +124,40 @@ def resident_count(tool: TritonSamTool, images: list[np.ndarray]) -> int:
     return held
 
 
+def run_sessions(session: Callable[[int], None], sessions: int, server_pid: int | None = None,
+                 name: str = "load-session") -> tuple[float, list[int]]:
+    """`session(n)` for n in 0..sessions-1, each in its own thread, while the server's process-tree memory is
+    sampled every 0.25 s (with `server_pid`); returns the wall seconds and the samples (bytes)."""
+    rss: list[int] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.25):
+            rss.append(tree_rss(server_pid))
+
+    sampler = threading.Thread(target=sample, daemon=True) if server_pid else None
+    if sampler:
+        sampler.start()
+    started = time.monotonic()
+    threads = [threading.Thread(target=session, args=(n,), name=f"{name}-{n}") for n in range(sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = round(time.monotonic() - started, 1)
+    sampling.set()
+    if sampler:
+        sampler.join()
+    return seconds, rss
+
+
+def server_memory_mb(server_pid: int, before: int, warmed: int, rss: list[int]) -> dict[str, int]:
+    """The server's memory in MB: before the runs, after the solo runs, the most under load, and now."""
+    mb = 1 / 2**20
+    return {"before": round(before * mb), "after_solo_runs": round(warmed * mb),
+            "max": round(max(rss, default=warmed) * mb), "end": round(tree_rss(server_pid) * mb)}
+
+
 def run_load(server: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], sessions: int, seconds: float,
              server_pid: int | None = None, timeout: float = 120.0) -> LoadReport:
     """`sessions` concurrent sessions for `seconds` over (name, image, reference) pairs on `server` (HOST:PORT).
@@ -140,13 +175,6 @@ def run_load(server: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], sessi
                          f"{', '.join(repeated[:3])} repeated")
     report = LoadReport(sessions, seconds, len(pairs))
     lock = threading.Lock()
-    rss: list[int] = []
-    sampling = threading.Event()
-
-    def sample() -> None:
-        while not sampling.wait(0.25):
-            rss.append(tree_rss(server_pid))
-
     before = tree_rss(server_pid) if server_pid else 0
     solo_tool = TritonSamTool(server, timeout=timeout)
     report.images = len(_keys(solo_tool, [image for _, image, _ in pairs]))
@@ -175,26 +203,12 @@ def run_load(server: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], sessi
                     report.mismatches.append(f"session {number}, {name}: {problem}")
         tool.caller.close()
 
-    sampler = threading.Thread(target=sample, daemon=True) if server_pid else None
-    if sampler:
-        sampler.start()
-    started = time.monotonic()
-    threads = [threading.Thread(target=session, args=(n,), name=f"load-session-{n}") for n in range(sessions)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    report.seconds = round(time.monotonic() - started, 1)
-    sampling.set()
-    if sampler:
-        sampler.join()
+    report.seconds, rss = run_sessions(session, sessions, server_pid, "load-session")
     report.requests = {kind: len(latencies[kind]) for kind in ("encode", "decode")}
     report.resident_after = resident_count(solo_tool, [image for _, image, _ in pairs])
     report.latency_ms = {kind: percentiles(values) for kind, values in latencies.items()}
     if server_pid:
-        mb = 1 / 2**20
-        report.server_rss_mb = {"before": round(before * mb), "after_solo_runs": round(warmed * mb),
-                                "max": round(max(rss, default=warmed) * mb), "end": round(tree_rss(server_pid) * mb)}
+        report.server_rss_mb = server_memory_mb(server_pid, before, warmed, rss)
         report.rss_samples = len(rss)
     solo_tool.caller.close()
     return report

@@ -55,47 +55,51 @@ def _dicom(section: dict) -> list[str]:
     return lines
 
 
+def _latency_table(section: dict) -> list[str]:
+    """Percentiles per request kind of a load section."""
+    rows = [[kind, v.get("n", 0), v.get("p50"), v.get("p90"), v.get("p99"), v.get("max")]
+            for kind, v in section["latency_ms"].items()]
+    return _table(["request", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
+
+
+def _problems(section: dict) -> list[str]:
+    """The first ten errors and mismatches of a load section, as a list."""
+    problems = (section["errors"] + section["mismatches"])[:10]
+    return [f"- {problem}" for problem in problems] + ([""] if problems else [])
+
+
 def _load(section: dict) -> list[str]:
     if "error" in section:
         return _failed(section)
-    latency = section["latency_ms"]
-    rows = [[kind, v.get("n", 0), v.get("p50"), v.get("p90"), v.get("p99"), v.get("max")]
-            for kind, v in latency.items()]
     rss = section["server_rss_mb"]
     lines = [f"{section['sessions']} sessions at once for {section['seconds']} s over {section['images']} real "
              f"images (the oracle agent, up to 5 clicks a run; each session its own gRPC client): "
              f"{section['runs']} runs, {section['requests'].get('encode', 0)} encode and "
              f"{section['requests'].get('decode', 0)} decode requests; {len(section['errors'])} lost or failed, "
              f"{len(section['mismatches'])} runs unlike their solo run.", ""]
-    lines += _table(["request", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
+    lines += _latency_table(section)
     lines += [f"Triton's memory (server and stubs): {rss.get('before')} MB before, {rss.get('after_solo_runs')} MB "
               f"after the solo runs had filled its cache, {rss.get('max')} MB at most during the load "
               f"({section['rss_samples']} samples), {rss.get('end')} MB at the end; it still held "
               f"{section['resident_after']} of the {section['images']} images' embeddings (it keeps "
               f"{section['resident_capacity']}).", ""]
-    for problem in (section["errors"] + section["mismatches"])[:10]:
-        lines.append(f"- {problem}")
-    return lines + ([""] if section["errors"] or section["mismatches"] else [])
+    return lines + _problems(section)
 
 
 def _label_load(section: dict) -> list[str]:
     if "error" in section:
         return _failed(section)
-    rows = [[kind, v.get("n", 0), v.get("p50"), v.get("p90"), v.get("p99"), v.get("max")]
-            for kind, v in section["latency_ms"].items()]
     rss = section["server_rss_mb"]
     lines = [f"{section['sessions']} annotators at once for {section['seconds']} s over {section['studies']} real "
              f"images on one MONAI Label server (each its own client_id; per image the agent's pass from the text "
              f"prompt in a fresh session, then one point of the person's): {section['runs']} prompt + point pairs; "
              f"{len(section['errors'])} lost, failed or re-encoded on a point, {len(section['mismatches'])} unlike "
              f"their solo run.", ""]
-    lines += _table(["request", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
+    lines += _latency_table(section)
     lines += [f"The server's memory (MONAI Label, the agent's worker, their children): {rss.get('before')} MB before, "
               f"{rss.get('after_solo_runs')} MB after the solo runs, {rss.get('max')} MB at most during the load "
               f"({section['rss_samples']} samples), {rss.get('end')} MB at the end.", ""]
-    for problem in (section["errors"] + section["mismatches"])[:10]:
-        lines.append(f"- {problem}")
-    return lines + ([""] if section["errors"] or section["mismatches"] else [])
+    return lines + _problems(section)
 
 
 def _signals(section: dict) -> list[str]:
