@@ -130,14 +130,14 @@ def segment_series(files: Sequence[str | Path], targets: Sequence[Target], tool:
         results = [_one_image(series, target, tool, policy, prompts, max_turns) for target in targets]
         encoded = 1
     else:
-        if not series.geometry.uniform_spacing:
+        try:  # no geometry, colour: refused here; uneven spacing below, with the deployment's own words
+            volume = volume_from_series(series, allow_uneven_spacing=True)
+        except VolumeError as error:
+            raise DeployError(str(error)) from None
+        if not volume.uniform_spacing:
             raise DeployError(f"series {series.series_instance_uid}: the slice spacing is uneven (a slice is "
                               "probably missing), so a whole-series mask and its volume would be wrong; restore "
                               "the missing slice. Nothing was written")
-        try:
-            volume = volume_from_series(series)
-        except VolumeError as error:
-            raise DeployError(str(error)) from None
         encoder = SliceEncoder(tool, volume)
         results = [_whole_series(volume, encoder, target, tool, policy, prompts, max_turns) for target in targets]
         encoded = len(encoder.encoded)
