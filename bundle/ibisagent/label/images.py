@@ -267,7 +267,8 @@ class DicomSeriesImage(LabelImage):
 
 
 def write_series_nrrd(geometry, label: np.ndarray, out_path: Path, dtype=np.uint8) -> Path:
-    """A (column, row, slice) 0/1 label of a sorted DICOM series as NRRD in LPS (what OHIF's MONAI Label panel reads).
+    """A (column, row, slice) array on a sorted DICOM series' grid as NRRD in LPS (a 0/1 label: what OHIF's
+    MONAI Label panel reads; or the series' own values, `dtype` given).
 
     x runs along a slice's rows (the column index), y down its columns, z
     through the slices sorted lowest first along the normal: the index order

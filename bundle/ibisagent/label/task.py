@@ -53,6 +53,7 @@ TASK_CONFIG: dict[str, Any] = {
     "store_seg": False,
 }
 _LABEL_PATTERN = re.compile(r"^[\w][\w \-.,()/]*$")
+SERIES_IMAGES_KEPT = 8  # series NRRDs for download kept on disk (each about the size of its series)
 
 
 class LabelRequestError(ValueError):
@@ -199,7 +200,8 @@ class AgentLabelTask:
     # ------------------------------------------------------------------ downloads
 
     def series_image(self, image_path: str | Path, image_id: str, out_root: Path) -> Path:
-        """The NRRD image of a DICOM series folder of the datastore (made once per folder state, then kept)."""
+        """The NRRD image of a DICOM series folder of the datastore (made once per folder state; the most recent
+        `SERIES_IMAGES_KEPT` are kept on disk)."""
         import hashlib
 
         from .images import write_series_image_nrrd
@@ -218,6 +220,9 @@ class AgentLabelTask:
                 write_series_image_nrrd(path, out_path)
             except ValueError as error:  # DicomSeriesError, LabelImageError: the series cannot be one image
                 raise LabelRequestError(str(error)[:300], 422) from None
+            kept = sorted(out_dir.glob("*.nrrd"), key=lambda item: item.stat().st_mtime_ns, reverse=True)
+            for old in kept[SERIES_IMAGES_KEPT:]:  # a download still reading one keeps its open file
+                old.unlink(missing_ok=True)
         return out_path
 
     # ------------------------------------------------------------------ one request
