@@ -50,7 +50,9 @@ class BodyLimit:
         await self.asgi(scope, receive, send)
 
 
-async def _download_image(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+def _download_image(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    # not async: FastAPI runs it in its thread pool, so waiting for the worker (busy with another request's
+    # inference) or converting the series never blocks the server's event loop
     series_image = getattr(app_instance(), "series_image", None)
     path = series_image(image) if series_image else None
     if path is None:
