@@ -64,8 +64,6 @@ def test_a_repeated_pair_name_is_refused_before_any_request():
     """Runs are checked against the solo run of their name: two references under one name would compare one
     target's runs with another's solo run (the long run's "2 of 8 sessions unlike their solo run" was that:
     an ACDC slice and a BTCV slice each listed once per label, under the image's name alone)."""
-    import numpy as np
-
     image, reference = np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool)
     with pytest.raises(ValueError, match="repeated"):
         run_load("127.0.0.1:1", [("a.png", image, reference), ("a.png", image, ~reference)], 1, seconds=1)
@@ -108,17 +106,11 @@ def label_server(tmp_path_factory, real_pairs):
 def test_concurrent_annotators_on_monai_label_get_their_solo_labels(label_server):
     """Two annotators at once, each in its own sessions: every label equals the image's solo one and the person's
     point encodes nothing again, whatever the other client did meanwhile."""
-    from ibisagent.clicks import next_click
     from ibisagent.imaging.io import read_mask
     from ibisagent.stress.label_load import LabelStudy, run_label_load
 
     server, pairs = label_server
-    studies = []
-    for pair in pairs:
-        reference = read_mask(pair.mask)
-        click, _ = next_click(np.zeros_like(reference), reference)
-        point = (int(click.x * reference.shape[1]), int(click.y * reference.shape[0]))
-        studies.append(LabelStudy(pair.image.stem, f"Segment the {pair.label}.", point))
+    studies = [LabelStudy.for_target(pair.image.stem, pair.label, read_mask(pair.mask)) for pair in pairs]
     report = run_label_load(server.url, studies, sessions=2, seconds=30, server_pid=server.process.pid)
     print(f"\n{report.runs} runs, latency {report.latency_ms} ms, server memory {report.server_rss_mb} MB")
     assert report.errors == [] and report.mismatches == [] and report.runs >= 2

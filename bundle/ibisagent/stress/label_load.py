@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from ..clicks import next_click
 from ..label.client import infer
 from .load import percentiles, run_sessions, server_memory_mb
 from .processes import tree_rss
@@ -33,6 +34,13 @@ class LabelStudy:
     image_id: str  # the datastore's id of a 2D image
     prompt: str
     point: tuple[int, int]  # the person's foreground point, (column, row) as the clients send for 2D images
+
+    @classmethod
+    def for_target(cls, image_id: str, label: str, reference: np.ndarray) -> LabelStudy:
+        """The referring prompt for `label` and the simulated annotator's first click on the reference mask."""
+        click, _ = next_click(np.zeros_like(reference), reference)
+        point = (int(click.x * reference.shape[1]), int(click.y * reference.shape[0]))
+        return cls(image_id, f"Segment the {label}.", point)
 
 
 @dataclass

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 __all__ = ["SECTIONS", "StressSettings", "free_ports", "pair_name", "reference_pairs", "run_stress", "section_file"]
 
 Progress = Callable[[str], None]
@@ -186,7 +184,6 @@ def _load(settings: StressSettings, servers: _Servers, progress: Progress) -> di
 
 
 def _label_load(settings: StressSettings, servers: _Servers, progress: Progress) -> dict:
-    from ..clicks import next_click
     from ..imaging.io import read_mask
     from ..label.server import LabelServer
     from .label_load import LabelStudy, run_label_load
@@ -201,10 +198,7 @@ def _label_load(settings: StressSettings, servers: _Servers, progress: Progress)
         for pair in itertools.islice(_test_pairs(settings, one_per_image=True), LABEL_LOAD_STUDIES):
             name = f"{pair.source}_{pair.image.stem}"  # a session is (client, image, label): one target per image
             shutil.copy(pair.image, studies_dir / f"{name}{pair.image.suffix}")
-            reference = read_mask(pair.mask)
-            click, _ = next_click(np.zeros_like(reference), reference)
-            point = (int(click.x * reference.shape[1]), int(click.y * reference.shape[0]))
-            studies.append(LabelStudy(name, f"Segment the {pair.label}.", point))
+            studies.append(LabelStudy.for_target(name, pair.label, read_mask(pair.mask)))
         server = LabelServer(studies_dir, Path(folder) / "app", port=free_ports(1)[0], label_env=label_env,
                              log=lambda line: None, conf={"tool": servers.tool_spec})
         server.start(900)
