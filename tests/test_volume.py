@@ -14,8 +14,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from ibisagent.clicks import pixel_to_normalised
 from ibisagent.metrics import dice
 from ibisagent.policies import build_policy
+from ibisagent.tools.base import Click
 from ibisagent.volume.propagation import PropagationSettings, largest_component
 from ibisagent.volume.readers import read_label_map, read_volume, volume_from_series, write_mask_nifti
 from ibisagent.volume.session import VolumeSession
@@ -266,6 +268,26 @@ def test_a_corrective_click_changes_the_slices_it_should_and_only_those(spleen):
     assert dice(session.slice_mask(worst), reference[worst]) > dice(before[worst], reference[worst])
     assert encoder.encoded[:len(encoded_before)] == encoded_before and len(set(encoder.encoded)) == len(encoder.encoded)
     assert session.states[worst].clicks[-1].author == "oracle"
+
+
+def test_a_correction_re_prompts_only_the_slices_nearer_to_it_than_to_the_key_slice(spleen):
+    """A wrong click far from the key slice must not overwrite the agent's slices all the way back to it."""
+    volume, reference, encoder = spleen
+    session, key = _oracle_session(spleen)
+    far = max(session.reached)
+    assert far - key >= 4
+    before = {index: session.slice_mask(index) for index in range(volume.slice_count)}
+    rows, columns = np.nonzero(volume.to_display(session.slice_mask(far)))
+    centre = len(rows) // 2
+    click = Click(*pixel_to_normalised(int(rows[centre]), int(columns[centre]), volume.display_shape), False)
+    interaction = session.add_clicks(far, [click], author="user")
+    toward_key = next(run for run in interaction.runs if run.step == -1)
+    half = {index for index in range(key + 1, far) if far - index < index - key}
+    assert set(toward_key.reached + toward_key.cleared) <= half
+    assert not np.array_equal(session.slice_mask(far), before[far])
+    for index in range(key, far):
+        if index not in half:
+            assert np.array_equal(session.slice_mask(index), before[index]), f"slice {index} belongs to the key slice"
 
 
 def test_clicks_on_voxels_map_through_the_flipped_display(spleen):

@@ -4,10 +4,11 @@ Each next slice is prompted from its neighbour's result: the neighbour's
 low-res logits as `mask_input` and a box and/or an interior click derived
 from the neighbour's mask (`PropagationSettings.prompt`). A run stops where
 the tool finds nothing, where its own IoU estimate falls below
-`min_predicted_iou`, at a slice a person or the agent clicked (an anchor:
-it keeps its own clicks), or, when re-propagating after a correction, at the
-first slice whose new mask agrees with its previous one. All masks here are
-in the display frame (what the tool saw); the session maps them back.
+`min_predicted_iou`, halfway to the next slice a person or the agent clicked
+(an anchor: it keeps its own clicks, and each slice is prompted from its
+nearest anchor), or, when re-propagating after a correction, at the first
+slice whose new mask agrees with its previous one. All masks here are in the
+display frame (what the tool saw); the session maps them back.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from ..metrics import bounding_box, dice
 from ..tools.base import Click, ToolOutput
 from .slices import SliceEncoder
 
-__all__ = ["AuthoredClick", "PropagationRun", "PropagationSettings", "SliceState", "clear_outward", "largest_component",
-           "propagate", "propagation_prompt"]
+__all__ = ["AuthoredClick", "PropagationRun", "PropagationSettings", "SliceState", "anchor_share_end", "clear_outward",
+           "largest_component", "propagate", "propagation_prompt"]
 
 PromptKind = Literal["box", "box+mask", "click+mask", "box+click+mask"]
 
@@ -155,26 +156,44 @@ class PropagationRun:
     reason: str = "edge of the volume"
 
 
+def anchor_share_end(states: dict[int, SliceState], start: int, step: int, count: int) -> tuple[int, int | None]:
+    """(end, anchor): the first slice along `step` from `start` that `start` does not prompt, and the anchor beyond.
+
+    Each slice between two anchors belongs to the nearer one (a tie stays
+    with the other anchor), so a correction re-prompts only its own half of
+    the gap: a wrong click far from the key slice cannot overwrite the
+    agent's slices up to the key. Without an anchor the share runs to the edge.
+    """
+    index = start + step
+    while 0 <= index < count:
+        if index in states and states[index].anchor:
+            gap = abs(index - start)
+            return start + step * ((gap - 1) // 2 + 1), index
+        index += step
+    return index, None
+
+
 def propagate(encoder: SliceEncoder, states: dict[int, SliceState], start: int, step: int,
               settings: PropagationSettings, previous: dict[int, SliceState] | None = None,
               on_slice: SliceCallback | None = None) -> PropagationRun:
     """Walk from `states[start]` along `step` (+1 or -1), updating `states` in place.
 
-    With `previous` (the states before a correction) the walk stops at the
-    first slice that agrees with its previous mask: from there on the old
-    results were prompted by an equivalent neighbour. Where the structure
-    ends, slices beyond that were propagated earlier are cleared up to the
-    next anchor: nothing prompts them any more.
+    The walk covers `start`'s share of the way to the next anchor
+    (`anchor_share_end`). With `previous` (the states before a correction)
+    it stops at the first slice that agrees with its previous mask: from
+    there on the old results were prompted by an equivalent neighbour. Where
+    the structure ends, slices of the share beyond that are cleared: nothing
+    prompts them any more.
     """
     run = PropagationRun(start, step)
     count = encoder.volume.slice_count
+    end, anchor = anchor_share_end(states, start, step, count)
     index = start
     while True:
         target = index + step
-        if not 0 <= target < count:
-            break
-        if target in states and states[target].anchor:
-            run.stopped_at, run.reason = target, "reached a clicked slice"
+        if target == end:
+            if anchor is not None:
+                run.stopped_at, run.reason = target, f"the rest is nearer the slice clicked at {anchor}"
             break
         neighbour = states[index]
         started = time.perf_counter()
@@ -183,7 +202,7 @@ def propagate(encoder: SliceEncoder, states: dict[int, SliceState], start: int, 
         ended = _ended(output, settings)
         if ended:
             run.stopped_at, run.reason = target, ended
-            run.cleared = clear_outward(states, target, step, count)
+            run.cleared = clear_outward(states, target, step, end)
             if on_slice:
                 on_slice(None, target, ended)
             break
@@ -201,11 +220,11 @@ def propagate(encoder: SliceEncoder, states: dict[int, SliceState], start: int, 
     return run
 
 
-def clear_outward(states: dict[int, SliceState], first: int, step: int, count: int) -> list[int]:
-    """Remove propagated slices from `first` outward until an anchor or the edge."""
+def clear_outward(states: dict[int, SliceState], first: int, step: int, end: int) -> list[int]:
+    """Remove propagated slices from `first` along `step`, up to (not including) `end` or an anchor."""
     cleared = []
     index = first
-    while 0 <= index < count and index in states and not states[index].anchor:
+    while index != end and index in states and not states[index].anchor:
         del states[index]
         cleared.append(index)
         index += step

@@ -4,7 +4,8 @@ The interaction model (docs/volumes.md): the agent (or anyone) segments a
 key slice; propagation carries the mask outward, both ways by default, until
 the structure ends; anyone may then add clicks on any slice k (the agent,
 the oracle, a person through MONAI Label), which refines k and re-propagates
-from k outward until the new masks agree with the old ones. Every slice
+from k outward, over the slices nearer to k than to any other clicked slice,
+until the new masks agree with the old ones. Every slice
 records where its mask came from and who clicked it. The 3D mask is the
 slices' masks in voxel order after a 3D clean-up (the largest connected
 component, and every component someone clicked into).
@@ -31,7 +32,7 @@ from ..policies.base import Policy
 from ..prompting import PromptSet
 from ..tools.base import Click, SegmentationTool
 from .propagation import (AuthoredClick, PropagationRun, PropagationSettings, SliceCallback, SliceState,
-                          clear_outward, largest_component, propagate)
+                          anchor_share_end, clear_outward, largest_component, propagate)
 from .slices import SliceEncoder
 from .volume import Volume, VolumeError
 
@@ -125,9 +126,10 @@ class VolumeSession:
         """Refine slice `index` with more clicks (all its clicks so far + these), then re-propagate from it.
 
         The slice's previous logits are the tool's `mask_input`, as in the
-        agent's loop. Propagation outward stops where new masks agree with
-        the old ones; where the structure now ends sooner, the slices beyond
-        that nothing prompts any more are cleared (clicked slices are kept).
+        agent's loop. Propagation outward covers the slices nearer to `index`
+        than to any other clicked slice and stops early where new masks
+        agree with the old ones; where the structure now ends sooner, the
+        rest of that share is cleared (clicked slices are kept).
         `then(state)` may refine the clicked slice further before propagation
         (the agent continuing after a person's clicks: mixed initiative).
         """
@@ -165,7 +167,8 @@ class VolumeSession:
             runs = []
             for step in steps:
                 run = PropagationRun(index, step, stopped_at=index, reason="the clicked slice is empty")
-                run.cleared = clear_outward(self.states, index + step, step, self.volume.slice_count)
+                end, _ = anchor_share_end(self.states, index, step, self.volume.slice_count)
+                run.cleared = clear_outward(self.states, index + step, step, end)
                 runs.append(run)
             return tuple(runs)
         return tuple(propagate(self.encoder, self.states, index, step, self.settings, previous, self.on_slice)
