@@ -290,6 +290,31 @@ def test_a_correction_re_prompts_only_the_slices_nearer_to_it_than_to_the_key_sl
             assert np.array_equal(session.slice_mask(index), before[index]), f"slice {index} belongs to the key slice"
 
 
+def test_a_lone_negative_click_on_a_false_blob_removes_it_and_nothing_on_the_key_side(spleen):
+    """No blob keeps a negative click: the decoder, asked with a lone negative click, kept part of such a blob."""
+    from ibisagent.clicks import next_click
+
+    volume, reference, encoder = spleen
+    session, key = _oracle_session(spleen)
+    false = [i for i in session.reached if not reference[i].any() and session.slice_mask(i).any()]
+    assert false  # propagation runs past the spleen's ends (a mask where there is no spleen)
+    index = max(false, key=lambda i: abs(i - key))
+    before = {i: session.slice_mask(i) for i in range(volume.slice_count)}
+    click, _ = next_click(volume.to_display(before[index]), volume.to_display(reference[index]))
+    assert not click.positive
+    session.add_clicks(index, [click], author="user")
+    after = volume.to_display(session.slice_mask(index))
+    height, width = after.shape
+    assert not after[min(int(click.y * height), height - 1), min(int(click.x * width), width - 1)]
+    assert after.sum() < before[index].sum()
+    step = 1 if index > key else -1
+    for i in range(key, index, step):
+        assert np.array_equal(session.slice_mask(i), before[i]), f"slice {i} was prompted from the key side"
+    if not after.any():  # nothing prompts the slices beyond it any more
+        assert not any(session.slice_mask(i).any() for i in range(index + step, volume.slice_count if step > 0 else -1,
+                                                                   step))
+
+
 def test_clicks_on_voxels_map_through_the_flipped_display(spleen):
     volume, _, encoder = spleen
     assert volume.display.flip_rows and volume.display.flip_columns  # this CT is stored RAS: both flipped

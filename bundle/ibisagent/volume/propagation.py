@@ -27,7 +27,7 @@ from ..tools.base import Click, ToolOutput
 from .slices import SliceEncoder
 
 __all__ = ["AuthoredClick", "PropagationRun", "PropagationSettings", "SliceState", "anchor_share_end", "clear_outward",
-           "largest_component", "propagate", "propagation_prompt"]
+           "largest_component", "without_refused_blobs", "propagate", "propagation_prompt"]
 
 PromptKind = Literal["box", "box+mask", "click+mask", "box+click+mask"]
 
@@ -221,14 +221,37 @@ def propagate(encoder: SliceEncoder, states: dict[int, SliceState], start: int, 
 
 
 def clear_outward(states: dict[int, SliceState], first: int, step: int, end: int) -> list[int]:
-    """Remove propagated slices from `first` along `step`, up to (not including) `end` or an anchor."""
+    """Remove the slices prompted along `step` from `first` on, up to (not including) `end` or an anchor.
+
+    A slice its neighbour on the other side prompted (the chain from another
+    anchor) does not depend on this walk and stays.
+    """
     cleared = []
     index = first
-    while index != end and index in states and not states[index].anchor:
+    while (index != end and index in states and not states[index].anchor
+           and states[index].prompted_by == index - step):
         del states[index]
         cleared.append(index)
         index += step
     return cleared
+
+
+def without_refused_blobs(mask: np.ndarray, clicks: tuple[Click, ...]) -> np.ndarray:
+    """`mask` (display frame) without its blobs that hold a negative click and no positive one.
+
+    A slice's mask never keeps a blob someone said "not this" on. The click
+    decoder never saw a slice without a positive click: given a lone negative
+    click on a false blob past a structure's end, it kept part of the blob,
+    often with the clicked pixel (docs/volumes.md, "The interaction model").
+    """
+    components, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    height, width = mask.shape
+
+    def blob(click: Click) -> int:
+        return int(components[min(int(click.y * height), height - 1), min(int(click.x * width), width - 1)])
+
+    refused = {blob(c) for c in clicks if not c.positive} - {blob(c) for c in clicks if c.positive} - {0}
+    return mask & ~np.isin(components, list(refused)) if refused else mask
 
 
 def largest_component(mask: np.ndarray, keep: list[tuple[int, int, int]] = ()) -> np.ndarray:

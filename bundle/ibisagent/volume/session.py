@@ -32,7 +32,8 @@ from ..policies.base import Policy
 from ..prompting import PromptSet
 from ..tools.base import Click, SegmentationTool
 from .propagation import (AuthoredClick, PropagationRun, PropagationSettings, SliceCallback, SliceState,
-                          anchor_share_end, clear_outward, largest_component, propagate)
+                          anchor_share_end, clear_outward, largest_component, propagate,
+                          without_refused_blobs)
 from .slices import SliceEncoder
 from .volume import Volume, VolumeError
 
@@ -146,8 +147,10 @@ class VolumeSession:
         tool_started = time.perf_counter()
         output = self.tool.predict(self.encoder.embedding(index), [c.click for c in authored],
                                    existing.logits if existing is not None else None)
+        mask = without_refused_blobs(output.mask, tuple(c.click for c in authored))
+        logits = output.low_res_logits if mask.any() else np.full_like(output.low_res_logits, -20.0)
         previous = dict(self.states)
-        self.states[index] = SliceState(index, output.mask, output.low_res_logits, output.iou, "clicks",
+        self.states[index] = SliceState(index, mask, logits, output.iou, "clicks",
                                         clicks=authored, seconds=time.perf_counter() - tool_started)
         if then is not None:
             self.states[index] = then(self.states[index])
