@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from ibisagent.clicks import pixel_to_normalised
+from ibisagent.clicks import normalised_to_pixel, pixel_to_normalised
 from ibisagent.metrics import dice
 from ibisagent.policies import build_policy
 from ibisagent.tools.base import Click
@@ -304,8 +304,7 @@ def test_a_lone_negative_click_on_a_false_blob_removes_it_and_nothing_on_the_key
     assert not click.positive
     session.add_clicks(index, [click], author="user")
     after = volume.to_display(session.slice_mask(index))
-    height, width = after.shape
-    assert not after[min(int(click.y * height), height - 1), min(int(click.x * width), width - 1)]
+    assert not after[normalised_to_pixel(click.x, click.y, after.shape)]
     assert after.sum() < before[index].sum()
     step = 1 if index > key else -1
     for i in range(key, index, step):

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from .tools.base import Click
 
-__all__ = ["ErrorSummary", "next_click", "pixel_to_normalised"]
+__all__ = ["ErrorSummary", "next_click", "normalised_to_pixel", "pixel_to_normalised"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,11 @@ class ErrorSummary:
 def pixel_to_normalised(row: int, col: int, shape: tuple[int, int]) -> tuple[float, float]:
     """The centre of pixel (row, col) as normalised (x, y)."""
     return (col + 0.5) / shape[1], (row + 0.5) / shape[0]
+
+
+def normalised_to_pixel(x: float, y: float, shape: tuple[int, int]) -> tuple[int, int]:
+    """The (row, col) of the pixel holding normalised (x, y); 1.0 falls in the last pixel."""
+    return min(int(y * shape[0]), shape[0] - 1), min(int(x * shape[1]), shape[1] - 1)
 
 
 def next_click(prediction: np.ndarray, target: np.ndarray) -> tuple[Click | None, ErrorSummary]:

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from ..clicks import pixel_to_normalised
+from ..clicks import normalised_to_pixel, pixel_to_normalised
 from ..metrics import bounding_box, dice
 from ..tools.base import Click, ToolOutput
 from .slices import SliceEncoder
@@ -245,10 +245,9 @@ def without_refused_blobs(mask: np.ndarray, clicks: tuple[Click, ...]) -> np.nda
     often with the clicked pixel (docs/volumes.md, "The interaction model").
     """
     components, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    height, width = mask.shape
 
     def blob(click: Click) -> int:
-        return int(components[min(int(click.y * height), height - 1), min(int(click.x * width), width - 1)])
+        return int(components[normalised_to_pixel(click.x, click.y, mask.shape)])
 
     refused = {blob(c) for c in clicks if not c.positive} - {blob(c) for c in clicks if c.positive} - {0}
     return mask & ~np.isin(components, list(refused)) if refused else mask

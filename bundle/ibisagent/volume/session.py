@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from ..agent import Agent, AgentResult, TurnCallback
-from ..clicks import pixel_to_normalised
+from ..clicks import normalised_to_pixel, pixel_to_normalised
 from ..policies.base import Policy
 from ..prompting import PromptSet
 from ..tools.base import Click, SegmentationTool
@@ -194,9 +194,8 @@ class VolumeSession:
         return Click(*pixel_to_normalised(int(display_row), int(display_column), self.volume.display_shape), positive)
 
     def _stored_voxel(self, index: int, click: Click) -> tuple[int, int, int]:
-        height, width = self.volume.display_shape
-        marker = np.zeros((height, width), bool)
-        marker[min(int(click.y * height), height - 1), min(int(click.x * width), width - 1)] = True
+        marker = np.zeros(self.volume.display_shape, bool)
+        marker[normalised_to_pixel(click.x, click.y, self.volume.display_shape)] = True
         (row,), (column,) = np.nonzero(self.volume.to_stored(marker))
         return index, int(row), int(column)
 
