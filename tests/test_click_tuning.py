@@ -122,3 +122,28 @@ def test_short_training_run_resumes_and_its_decoder_loads(tmp_path, med2d_manife
     a = tuned.predict(embedding, [Click(0.3, 0.45, True)]).low_res_logits
     b = base.predict(embedding, [Click(0.3, 0.45, True)]).low_res_logits
     assert np.abs(a - b).max() > 1e-3  # the trained weights are really used
+
+
+def test_a_run_can_start_from_the_shipped_decoder_and_refuses_another_file(tmp_path, med2d_manifest):
+    import hashlib
+
+    import torch
+
+    from ibisagent.models import shipped_click_decoder
+    from ibisagent.training.tool.click_tuning import ClickTuningConfig, train_click_decoder
+
+    shipped = shipped_click_decoder()
+    config = ClickTuningConfig(manifest=str(med2d_manifest), out_dir=str(tmp_path / "run"),
+                               cache_dir=str(tmp_path / "cache"), epochs=0, limit_train=4, limit_val=4,
+                               init_decoder=str(shipped), init_decoder_sha256="0" * 64)
+    with pytest.raises(ValueError, match="sha256"):
+        train_click_decoder(config)
+    assert not (tmp_path / "run" / "best_decoder.pt").exists()
+    config.init_decoder_sha256 = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    summary = json.loads((train_click_decoder(config) / "training_summary.json").read_text())
+    # The wheel's decoder barely answers a single click; the shipped one does, and it is the start to beat.
+    assert summary["init_val"]["overall"]["iou@1"] > summary["base_val"]["overall"]["iou@1"] + 0.2
+    assert summary["best_score"] == pytest.approx(summary["init_val"]["overall"]["score"])
+    start = torch.load(tmp_path / "run" / "best_decoder.pt", weights_only=True)
+    for key, value in torch.load(shipped, weights_only=True).items():
+        assert torch.equal(start[key], value.float())

