@@ -119,6 +119,8 @@ def test_bad_checkpoints(tmp_path):
         build_tool({"kind": "lite-medsam", "decoder_checkpoint": str(wrong)})
     assert parse_tool_spec("medsam:/w.pth")["normalisation"] == "minmax"
     assert parse_tool_spec("lite-medsam-tuned") == {"kind": "lite-medsam", "box_decoder": "tuned"}
+    with pytest.raises(ValueError, match="non-decoder keys"):
+        build_tool(parse_tool_spec(f"lite-medsam-decoder:{wrong}"))
 
 
 def test_decoders_run_a_batch_of_images(lite_tool, onnx_tool, demo_image):

