@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..clicks import normalised_to_pixel
+
 __all__ = ["MASK_COLOR", "MASK_ALPHA", "POSITIVE_COLOR", "NEGATIVE_COLOR", "overlay_mask", "mark_clicks",
            "click_radius"]
 
@@ -51,7 +53,8 @@ def mark_clicks(image: np.ndarray, clicks: Sequence) -> np.ndarray:
     radius = click_radius(out.shape)
     arm = max(2, radius // 2)
     for click in clicks:
-        centre = (min(int(click.x * width), width - 1), min(int(click.y * height), height - 1))
+        row, col = normalised_to_pixel(click.x, click.y, (height, width))
+        centre = (col, row)
         color = POSITIVE_COLOR if click.positive else NEGATIVE_COLOR
         cv2.circle(out, centre, radius + 2, (255, 255, 255), -1, cv2.LINE_AA)
         cv2.circle(out, centre, radius + 1, (0, 0, 0), -1, cv2.LINE_AA)

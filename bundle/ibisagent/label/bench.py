@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..clicks import next_click
+from ..clicks import next_click, normalised_to_pixel
 from ..imaging.io import read_image
 from ..tools.base import Click, SegmentationTool
 from ..tools.factory import build_tool
@@ -42,7 +42,8 @@ def _clicks(tool: SegmentationTool, image, reference, count: int) -> list[Click]
 
 
 def _point(click: Click, shape) -> list[int]:
-    return [min(int(click.x * shape[1]), shape[1] - 1), min(int(click.y * shape[0]), shape[0] - 1)]
+    row, col = normalised_to_pixel(click.x, click.y, shape)
+    return [col, row]
 
 
 def run_label_bench(tool_spec: str = "lite-medsam", clicks: int = 6, rounds: int = 3) -> str:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..clicks import normalised_to_pixel
 from ..imaging.orientation import IDENTITY, DisplayTransform
 from ..tools.base import Click
 
@@ -115,7 +116,7 @@ class LabelImage:
         view = self.view(index)
         height, width = view.rgb.shape[:2]
         marker = np.zeros((height, width), bool)
-        marker[min(int(click.y * height), height - 1), min(int(click.x * width), width - 1)] = True
+        marker[normalised_to_pixel(click.x, click.y, (height, width))] = True
         row, col = (int(v[0]) for v in np.nonzero(view.display.to_stored(marker)))
         return self._client_point(index, row, col)
 

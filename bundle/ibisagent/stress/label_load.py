@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..clicks import next_click
+from ..clicks import next_click, normalised_to_pixel
 from ..label.client import infer
 from .load import percentiles, run_sessions, server_memory_mb
 from .processes import tree_rss
@@ -39,7 +39,8 @@ class LabelStudy:
     def for_target(cls, image_id: str, label: str, reference: np.ndarray) -> LabelStudy:
         """The referring prompt for `label` and the simulated annotator's first click on the reference mask."""
         click, _ = next_click(np.zeros_like(reference), reference)
-        point = (int(click.x * reference.shape[1]), int(click.y * reference.shape[0]))
+        row, col = normalised_to_pixel(click.x, click.y, reference.shape)
+        point = (col, row)
         return cls(image_id, f"Segment the {label}.", point)
 
 

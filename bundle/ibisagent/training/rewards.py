@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..clicks import normalised_to_pixel
 from ..metrics import iou
 from ..protocol import ActionKind, check_strict, parse_response
 
@@ -81,8 +82,7 @@ def click_placement_reward(response: str, previous_mask: np.ndarray, target: np.
         return -1.0
     if action.kind is ActionKind.TERMINATE:
         return 1.0 if iou(previous_mask, target) >= config.terminate_good_iou else -1.0
-    height, width = target.shape
-    row, col = min(int(action.y * height), height - 1), min(int(action.x * width), width - 1)
+    row, col = normalised_to_pixel(action.x, action.y, target.shape)
     previous, wanted = bool(previous_mask[row, col]), bool(target[row, col])
     corrects = (wanted and not previous) if action.kind is ActionKind.POSITIVE else (previous and not wanted)
     return 1.0 if corrects else -1.0

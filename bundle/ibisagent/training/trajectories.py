@@ -24,7 +24,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from tqdm import tqdm
 
-from ..clicks import next_click
+from ..clicks import next_click, normalised_to_pixel
 from ..evaluation import Pair, QueryKind, choose_query
 from ..imaging.io import read_mask
 from ..metrics import iou
@@ -82,10 +82,11 @@ def simulate_steps(tool: SegmentationTool, embedding: ImageEmbedding, target: np
         low_res, mask = output.low_res_logits, output.mask
         action = Action.positive(click.x, click.y) if click.positive else Action.negative(click.x, click.y)
         value = iou(mask, target)
+        row, col = normalised_to_pixel(click.x, click.y, (height, width))
         steps.append({
             "step": index + 1,
             "action": action.to_text(),
-            "click": {"x": min(int(click.x * width), width - 1), "y": min(int(click.y * height), height - 1),
+            "click": {"x": col, "y": row,
                       "x_norm": round(click.x, 6), "y_norm": round(click.y, 6), "positive": click.positive},
             "iou": round(value, 6),
             "predicted_iou": round(output.iou, 6),
