@@ -1,6 +1,6 @@
 """Validation rollouts of an IBIS-lite checkpoint, as `ibis train-lite` scores its epochs.
 
-    python scripts/validate_lite.py models/lite_policy.pt [--per-source 20] [--max-turns 20]
+    python scripts/validate_lite.py models/lite_policy.pt [--per-source 20] [--max-turns 20] [--tool SPEC]
 
 Prints the overall score (mean of referring and reasoning final IoU over
 sources) and per-source figures; the model cards' validation numbers come
@@ -26,9 +26,10 @@ parser.add_argument("--queries", default="../shared/data/med2d/queries.json")
 parser.add_argument("--per-source", type=int, default=20)
 parser.add_argument("--max-turns", type=int, default=20)
 parser.add_argument("--cache-dir", default="~/.cache/ibisagent/embeddings")
+parser.add_argument("--tool", default="lite-medsam", help="e.g. lite-medsam-decoder:runs/click_tuning/best_decoder.pt")
 args = parser.parse_args()
 
-tool = build_tool("lite-medsam")
+tool = build_tool(args.tool)
 cache = EmbeddingCache(Path(args.cache_dir).expanduser(), tool)
 queries = load_queries(args.queries)
 encoder = QueryEncoder()

@@ -682,8 +682,8 @@ def _add_run_options(parser: argparse.ArgumentParser, policy_default: str, tool_
 
     parser.add_argument("--policy", default=policy_default, choices=POLICY_NAMES)
     parser.add_argument("--checkpoint", help="lite: a policy checkpoint (default: the shipped IBIS-lite)")
-    tool_help = ("lite-medsam | lite-medsam-base | lite-medsam-tuned | onnx:DIR | sam:vit_b:CKPT | medsam:CKPT | "
-                 "triton:HOST:PORT (default: lite-medsam, or triton:SERVER with --server)")
+    tool_help = ("lite-medsam | lite-medsam-base | lite-medsam-tuned | lite-medsam-decoder:DECODER | onnx:DIR | "
+                 "sam:vit_b:CKPT | medsam:CKPT | triton:HOST:PORT (default: lite-medsam, or triton:SERVER with --server)")
     if tool_repeats:
         parser.add_argument("--tool", action="append", help=tool_help + " (repeat to compare tools in one run)")
     else:
