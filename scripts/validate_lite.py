@@ -29,7 +29,7 @@ parser.add_argument("--cache-dir", default="~/.cache/ibisagent/embeddings")
 parser.add_argument("--tool", default="lite-medsam", help="e.g. lite-medsam-decoder:runs/click_tuning/best_decoder.pt")
 args = parser.parse_args()
 
-tool = build_tool(args.tool)
+tool = build_tool(args.tool, backend="torch")  # the rollouts call the torch decoder
 cache = EmbeddingCache(Path(args.cache_dir).expanduser(), tool)
 queries = load_queries(args.queries)
 encoder = QueryEncoder()
