@@ -18,7 +18,7 @@ from ibisagent.clicks import normalised_to_pixel, pixel_to_normalised
 from ibisagent.metrics import dice
 from ibisagent.policies import build_policy
 from ibisagent.tools.base import Click
-from ibisagent.volume.propagation import PropagationSettings, largest_component
+from ibisagent.volume.propagation import PropagationSettings, largest_component, seed_click, without_refused_blobs
 from ibisagent.volume.readers import read_label_map, read_volume, volume_from_series, write_mask_nifti
 from ibisagent.volume.session import VolumeSession
 from ibisagent.volume.slices import SliceEncoder
@@ -199,6 +199,25 @@ def test_largest_component_keeps_clicked_components():
     mask[0, 15:17, 0:2] = True  # small, clicked
     kept = largest_component(mask, keep=[(0, 15, 0)])
     assert kept[1:4, 2:10, 2:10].all() and kept[0, 15:17, 0:2].all() and not kept[2, 15:18, 15:18].any()
+
+
+def test_a_seed_stands_for_a_corrected_mask_unless_a_negative_click_refutes_its_core():
+    rows, columns = np.indices((100, 100))
+    disc = (rows - 50) ** 2 + (columns - 30) ** 2 <= 20 ** 2
+    leak = (abs(rows - 50) <= 4) & (columns >= 30) & (columns < 90)
+    mask = disc | leak
+
+    def at(row, column, positive=False):
+        return Click(*pixel_to_normalised(row, column, mask.shape), positive)
+
+    seed = seed_click(mask, (at(50, 75),))  # "not this" on the leak: the disc is still asked for
+    assert seed.positive and disc[normalised_to_pixel(seed.x, seed.y, mask.shape)]
+    assert seed_click(mask, (at(50, 30),)) is None  # at the disc's centre: the whole mask is refuted
+    assert seed_click(mask, (at(50, 75), at(50, 30, positive=True))) is None  # a positive click needs no stand-in
+    assert seed_click(np.zeros_like(mask), (at(50, 75),)) is None
+    assert not without_refused_blobs(mask, (at(50, 75),)).any()  # no positive click: no blob was asked for
+    stray = rows < 5
+    assert np.array_equal(without_refused_blobs(mask | stray, (seed, at(50, 75))), mask | stray)
 
 
 # ----------------------------------------------------------------------------- the session on the real spleen CT

@@ -311,7 +311,7 @@ class AgentLabelTask:
                       encoder_key: tuple, encoder) -> tuple[Path, dict]:
         from ..volume.key_slice import choose_key_slice
         from ..volume.readers import DicomSource
-        from ..volume.session import VolumeSession
+        from ..volume.session import SEED_AUTHOR, VolumeSession
         from .volumes import PERSON, VolumeLabelSession, VolumePoints, encoder_bytes, write_volume_label
 
         volume = encoder.volume
@@ -377,7 +377,7 @@ class AgentLabelTask:
         label_path = write_volume_label(volume, mask, out_dir)
         changed = [int(i) for i in np.nonzero((mask != before).any(axis=(1, 2)))[0]]
         clicks = [{"slice": index, "x": round(c.click.x, 4), "y": round(c.click.y, 4), "positive": c.click.positive,
-                   "author": c.author, "origin": PERSON if c.author == PERSON else "agent"}
+                   "author": c.author, "origin": c.author if c.author in (PERSON, SEED_AUTHOR) else "agent"}
                   for index in held.session.reached for c in held.session.states[index].clicks]
         result = {
             "ibisagent": __version__, "model": "ibisagent", "label_names": {request.label: 1},

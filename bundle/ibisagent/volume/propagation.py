@@ -27,7 +27,7 @@ from ..tools.base import Click, ToolOutput
 from .slices import SliceEncoder
 
 __all__ = ["AuthoredClick", "PropagationRun", "PropagationSettings", "SliceState", "anchor_share_end", "clear_outward",
-           "largest_component", "without_refused_blobs", "propagate", "propagation_prompt"]
+           "largest_component", "without_refused_blobs", "propagate", "propagation_prompt", "seed_click"]
 
 PromptKind = Literal["box", "box+mask", "click+mask", "box+click+mask"]
 
@@ -94,6 +94,41 @@ def _interior_click(mask: np.ndarray) -> Click:
     depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
     return Click(*pixel_to_normalised(int(row), int(col), mask.shape), True)
+
+
+def seed_click(mask: np.ndarray, corrections: tuple[Click, ...]) -> Click | None:
+    """A positive click standing for a propagated `mask` (display frame) that negative clicks now correct, or None.
+
+    The click decoder was trained on click histories that start with a
+    positive click in the structure, with the previous answer as
+    `mask_input`. A propagated slice has a mask but no clicks, so a lone
+    negative correction is a prompt it never saw: on the spleen CT it erased
+    most of a good mask (docs/volumes.md, "The interaction model"). The
+    seed is the mask's deepest pixel outside the disc each negative click
+    refutes (the largest disc around it inside the mask), and must lie
+    deeper than every negative click: a negative click at the mask's core
+    refutes the whole mask, and gets no seed. Corrections holding a
+    positive click need none (a seed there, in a mask that may be wrong,
+    made the spleen's corrections worse).
+    """
+    if not mask.any() or any(click.positive for click in corrections):
+        return None
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    allowed = mask.copy()
+    rows, columns = np.indices(mask.shape)
+    deepest_refuted = 0.0
+    for click in corrections:
+        if click.positive:
+            continue
+        row, column = normalised_to_pixel(click.x, click.y, mask.shape)
+        radius = float(depth[row, column])
+        deepest_refuted = max(deepest_refuted, radius)
+        allowed &= (rows - row) ** 2 + (columns - column) ** 2 > radius ** 2
+    candidates = np.where(allowed, depth, 0.0)
+    if candidates.max() <= deepest_refuted:
+        return None
+    row, column = np.unravel_index(int(np.argmax(candidates)), mask.shape)
+    return Click(*pixel_to_normalised(int(row), int(column), mask.shape), True)
 
 
 def _hole_click(mask: np.ndarray) -> Click | None:
@@ -243,7 +278,12 @@ def without_refused_blobs(mask: np.ndarray, clicks: tuple[Click, ...]) -> np.nda
     decoder never saw a slice without a positive click: given a lone negative
     click on a false blob past a structure's end, it kept part of the blob,
     often with the clicked pixel (docs/volumes.md, "The interaction model").
+    Without any positive click (a lone negative click at a mask's core, see
+    `seed_click`) nothing is kept: nobody asked for any blob there, and the
+    tool's answer to such a click was a new blob elsewhere.
     """
+    if not any(click.positive for click in clicks):
+        return np.zeros_like(mask, dtype=bool)
     components, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
 
     def blob(click: Click) -> int:

@@ -33,13 +33,14 @@ from ..prompting import PromptSet
 from ..tools.base import Click, SegmentationTool
 from .propagation import (AuthoredClick, PropagationRun, PropagationSettings, SliceCallback, SliceState,
                           anchor_share_end, clear_outward, largest_component, propagate,
-                          without_refused_blobs)
+                          seed_click, without_refused_blobs)
 from .slices import SliceEncoder
 from .volume import Volume, VolumeError
 
-__all__ = ["Directions", "Interaction", "VolumeSession"]
+__all__ = ["Directions", "Interaction", "SEED_AUTHOR", "VolumeSession"]
 
 Directions = Literal["both", "forward"]  # forward: increasing slice index only (MONAI Label's SAM2 behaviour)
+SEED_AUTHOR = "seed"  # the positive click a corrected propagated slice's mask stands for (propagation.seed_click)
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,11 @@ class VolumeSession:
         """Refine slice `index` with more clicks (all its clicks so far + these), then re-propagate from it.
 
         The slice's previous logits are the tool's `mask_input`, as in the
-        agent's loop. Propagation outward covers the slices nearer to `index`
-        than to any other clicked slice and stops early where new masks
-        agree with the old ones; where the structure now ends sooner, the
+        agent's loop; on a slice that propagation set (no clicks of its own) a
+        positive seed click for its mask goes first (`propagation.seed_click`),
+        recorded with the author "seed". Propagation outward covers the slices
+        nearer to `index` than to any other clicked slice and stops early
+        where new masks agree with the old ones; where the structure now ends sooner, the
         rest of that share is cleared (clicked slices are kept).
         `then(state)` may refine the clicked slice further before propagation
         (the agent continuing after a person's clicks: mixed initiative).
@@ -143,7 +146,11 @@ class VolumeSession:
                                   "to [0, 1] in the slice's display frame")
         started = time.perf_counter()
         existing = self.states.get(index)
-        authored = (existing.clicks if existing else ()) + tuple(AuthoredClick(c, author) for c in clicks)
+        history = existing.clicks if existing else ()
+        if existing is not None and not history:  # a propagated slice: its mask stands in for the first click
+            seed = seed_click(existing.mask, tuple(clicks))
+            history = (AuthoredClick(seed, SEED_AUTHOR),) if seed is not None else ()
+        authored = history + tuple(AuthoredClick(c, author) for c in clicks)
         tool_started = time.perf_counter()
         output = self.tool.predict(self.encoder.embedding(index), [c.click for c in authored],
                                    existing.logits if existing is not None else None)
@@ -212,6 +219,7 @@ class VolumeSession:
 
         `clean`: keep the largest 6-connected component and every component
         holding a positive click (stray blobs go; clicked structures stay).
+        Seeds do not count: nobody pointed there.
         """
         volume = np.zeros(self.volume.shape, bool)
         for index, state in self.states.items():
@@ -219,7 +227,7 @@ class VolumeSession:
         if not clean or not volume.any():
             return volume
         keep = [self._stored_voxel(state.index, c.click) for state in self.states.values()
-                for c in state.clicks if c.click.positive]
+                for c in state.clicks if c.click.positive and c.author != SEED_AUTHOR]
         return largest_component(volume, keep)
 
     @property
