@@ -118,6 +118,7 @@ if args.write:
                             {"fitted_on": [Path(p).name for p in args.reports], "runs": len(records),
                              "failure_iou": args.failure_iou, "failures": int((~good).sum()),
                              "val_auroc": round(fitted_auroc, 4),
+                             "tools": sorted({json.load(open(p)).get("tool", "?") for p in args.reports}),
                              "command": "python scripts/calibrate_confidence.py " + " ".join(sys.argv[1:])})
     out = calibration_path(checkpoint)
     write_json_atomic(out, model.to_dict())
