@@ -141,7 +141,9 @@ def test_the_default_policy_runs_through_triton_with_the_in_process_masks(sam_se
     assert 2**20 <= served.caller.bytes_received - received < 2**20 + 100_000  # the pooled input, 1 MiB, once
     sent = served.caller.bytes_sent
     result = Agent(served, policy).run(demo_image, query, embedding=embedding)
-    assert len(result.clicks) >= 2 and (served.caller.bytes_sent - sent) / len(result.clicks) < 300_000
+    # however many clicks the shipped policy makes (the oracle test above covers the previous logits
+    # travelling on later clicks), no click sends anything near the embedding's size
+    assert result.clicks and (served.caller.bytes_sent - sent) / len(result.clicks) < 300_000
     assert_same_run(result, expected)
     image = tmp_path / "mr.png"
     Image.fromarray(demo_image).save(image)
