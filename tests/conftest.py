@@ -98,15 +98,21 @@ def med2d_manifest() -> Path:
     return manifest
 
 
-@pytest.fixture(scope="session")
-def real_pairs(med2d_manifest):
-    """Two test pairs per source, in a fixed order."""
+def first_test_pairs(manifest, per_source: int, sources: tuple[str, ...] | None = None) -> list:
+    """The first `per_source` test pairs of each source (of `sources`, or all), in a fixed order."""
     from ibisagent.evaluation import read_manifest
 
     by_source: dict[str, list] = {}
-    for pair in sorted(read_manifest(med2d_manifest, "test"), key=lambda p: (str(p.image), p.label)):
-        by_source.setdefault(pair.source, []).append(pair)
-    return [pair for pairs in by_source.values() for pair in pairs[:2]]
+    for pair in sorted(read_manifest(manifest, "test"), key=lambda p: (str(p.image), p.label)):
+        if sources is None or pair.source in sources:
+            by_source.setdefault(pair.source, []).append(pair)
+    return [pair for pairs in by_source.values() for pair in pairs[:per_source]]
+
+
+@pytest.fixture(scope="session")
+def real_pairs(med2d_manifest):
+    """Two test pairs per source, in a fixed order."""
+    return first_test_pairs(med2d_manifest, 2)
 
 
 def turn_prone(dataset) -> None:

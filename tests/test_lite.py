@@ -156,15 +156,11 @@ def lite_policy():
 def test_shipped_policy_segments_real_targets(lite_tool, lite_policy, med2d_manifest):
     """Named targets the policy never saw (test split): a real mask, in the protocol's exact format. Five pairs per
     single-object source (fixed order): with two, one hard image decides the mean."""
-    from ibisagent.evaluation import read_manifest
+    from conftest import first_test_pairs
     from ibisagent.imaging.io import read_mask
 
-    by_source: dict[str, list] = {}
-    for pair in sorted(read_manifest(med2d_manifest, "test"), key=lambda p: (str(p.image), p.label)):
-        if pair.source in ("kvasir-seg", "hc18", "ph2"):
-            by_source.setdefault(pair.source, []).append(pair)
     scores = []
-    for pair in [pair for pairs in by_source.values() for pair in pairs[:5]]:
+    for pair in first_test_pairs(med2d_manifest, 5, ("kvasir-seg", "hc18", "ph2")):
         image = np.asarray(Image.open(pair.image).convert("RGB"))
         target = read_mask(pair.mask, image.shape[:2])
         result = Agent(lite_tool, lite_policy, max_turns=10).run(image, f"Segment the {pair.label}.")
